@@ -1,0 +1,1 @@
+"""Runtime of the face-edit streamer: frames in, edited frames out."""
