@@ -1,0 +1,206 @@
+"""CPU benchmark: PyTorch eager vs ONNX Runtime (FP32, and INT8 Q/DQ where it helps), batch 1.
+
+Networks (random weights, the shapes that matter): the demo pack's small generator, demo encoder and
+student, the full-size rosinality 1024 generator and the e4e encoder. Each engine is timed in this one
+process: median of --runs runs after warm-up, with the thread count stated. With --write the table
+replaces the "## Engines" section of bench/RESULTS.md (other sections are kept).
+
+    .venv/bin/python bench/engines_cpu.py --write            # everything, ~10 min on 2 cores
+    .venv/bin/python bench/engines_cpu.py --skip-heavy       # demo-pack networks only, ~1 min
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from calibration import crops_to_feeds, quantize_qdq, relative_l2, wplus_feeds
+from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
+from engines.backends.timing import time_engine
+from engines.backends.torch_backend import TorchEngine
+from engines.export import export_onnx
+
+log = logging.getLogger("bench.engines_cpu")
+RESULTS = ROOT / "bench" / "RESULTS.md"
+FACES = ROOT.parent / "shared" / "data" / "faces"
+SECTION = "## Engines"
+
+
+@dataclass
+class Case:
+    name: str
+    build: Callable[[], nn.Module]
+    input_name: str
+    shape: tuple[int, ...]
+    heavy: bool
+    int8: bool  # calibrate and time an INT8 Q/DQ graph
+    mapping: Callable[[], Callable[[np.ndarray], np.ndarray]] | None = None  # generator: its z -> w
+
+
+def _generator(size_config: dict) -> nn.Module:
+    from engines.nets.stylegan2 import Generator
+
+    torch.manual_seed(0)
+    return Generator(**size_config).eval()
+
+
+def _mapping(generator: nn.Module) -> Callable[[np.ndarray], np.ndarray]:
+    def mapping(z: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return generator.mapping(torch.from_numpy(z)).numpy()
+
+    return mapping
+
+
+def _student() -> nn.Module:
+    from engines.nets.student import ResidualStudent
+
+    torch.manual_seed(0)
+    student = ResidualStudent()
+    with torch.no_grad():
+        for parameter in student.parameters():  # a trained student's delta is not zero
+            parameter.normal_(0, 0.05)
+    return student
+
+
+def cases() -> list[Case]:
+    from engines.nets.encoders import DemoEncoder, Encoder4Editing
+    from engines.nets.stylegan2 import small_generator_config
+
+    small = small_generator_config(64)
+    return [
+        Case("small generator 64px", lambda: _generator(small).export_safe(), "wplus",
+             (1, _generator(small).num_ws, 512), False, True, lambda: _mapping(_generator(small))),
+        Case("demo encoder 64px", lambda: DemoEncoder().eval(), "image", (1, 3, 64, 64), False, True),
+        Case("student 256px", _student, "image", (1, 3, 256, 256), False, True),
+        Case("rosinality generator 1024px", lambda: _generator({"size": 1024}).export_safe(), "wplus",
+             (1, 18, 512), True, False),
+        Case("e4e encoder 256px", lambda: Encoder4Editing().eval(), "image", (1, 3, 256, 256), True, True),
+    ]
+
+
+def _frames(size: int, count: int) -> list[np.ndarray]:
+    """Centre crops of real video frames from ../shared/data/faces (smooth noise when absent)."""
+    import cv2
+
+    clips = sorted(FACES.glob("*.mp4")) if FACES.is_dir() else []
+    crops: list[np.ndarray] = []
+    for clip in clips:
+        capture = cv2.VideoCapture(str(clip))
+        while len(crops) < count:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            h, w = bgr.shape[:2]
+            side = min(h, w)
+            square = bgr[(h - side) // 2:(h + side) // 2, (w - side) // 2:(w + side) // 2]
+            crops.append(cv2.cvtColor(cv2.resize(square, (size, size), interpolation=cv2.INTER_AREA),
+                                      cv2.COLOR_BGR2RGB))
+            for _ in range(15):  # every 16th frame: some variety
+                capture.grab()
+        capture.release()
+        if len(crops) >= count:
+            return crops
+    rng = np.random.default_rng(1)
+    return [np.clip(rng.normal(128, 60, (size // 8, size // 8, 3)), 0, 255).astype(np.uint8)
+            .repeat(8, 0).repeat(8, 1) for _ in range(count)]
+
+
+def calibration_feeds(case: Case, count: int) -> list[dict[str, np.ndarray]]:
+    if case.mapping is not None:
+        return list(wplus_feeds(case.mapping(), case.shape[1], count, case.shape[0], "wplus"))
+    return list(crops_to_feeds(_frames(case.shape[-1], count * case.shape[0]), "image", case.shape[0]))
+
+
+def bench_case(case: Case, runs: int, threads: int, work: Path) -> dict:
+    module = case.build()
+    inputs = {case.input_name: np.random.default_rng(0).standard_normal(case.shape).astype(np.float32)}
+    specs = {case.input_name: (case.shape, "float32")}
+    torch_engine = TorchEngine(module, specs, ["out"], threads=threads)
+    torch_ms = time_engine(torch_engine, inputs, runs).median_ms
+    path = export_onnx(module, {case.input_name: torch.from_numpy(inputs[case.input_name])},
+                       work / "net.onnx", output_names=["out"])
+    ort_engine = OnnxRuntimeEngine(path, threads=threads)
+    ort_ms = time_engine(ort_engine, inputs, runs).median_ms
+    row = {"network": case.name, "shape": "x".join(map(str, case.shape)), "torch": torch_ms, "ort": ort_ms,
+           "int8": None, "int8_err": None}
+    if case.int8:
+        feeds = calibration_feeds(case, 9)
+        held_out = feeds.pop()  # error is measured on data like the calibration set's, not on noise
+        quantized = quantize_qdq(path, feeds, work / "net.int8.onnx", method="minmax" if case.heavy else "entropy")
+        int8_engine = OnnxRuntimeEngine(quantized.onnx_path, "int8", threads=threads)
+        row["int8"] = time_engine(int8_engine, inputs, runs).median_ms
+        row["int8_err"] = relative_l2(int8_engine.run(held_out)["out"], ort_engine.run(held_out)["out"])
+    return row
+
+
+def table(rows: list[dict], threads: int, runs: int) -> str:
+    lines = [SECTION, "",
+             f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+             f"(load average {os.getloadavg()[0]:.1f} at the end), {threads} thread(s) "
+             f"for both PyTorch and ONNX Runtime; batch 1; median of {runs} runs after warm-up, one process; "
+             "random weights. torch " + torch.__version__ + ", onnxruntime " + _ort_version() + ".",
+             "Produced by `bench/engines_cpu.py --write`; numbers, never asserted in tests.", "",
+             "| network | input | PyTorch FP32 ms | ORT FP32 ms | ORT/PyTorch time | ORT speed-up | ORT INT8 ms | INT8 rel L2 vs FP32 |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        int8 = "-" if r["int8"] is None else f"{r['int8']:.1f}"
+        err = "-" if r["int8_err"] is None else f"{r['int8_err']:.2e}"
+        lines.append(f"| {r['network']} | {r['shape']} | {r['torch']:.1f} | {r['ort']:.1f} | "
+                     f"{r['ort'] / r['torch']:.2f} | {r['torch'] / r['ort']:.2f}x | {int8} | {err} |")
+    return "\n".join(lines) + "\n"
+
+
+def _ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
+def write_section(text: str, path: Path = RESULTS) -> None:
+    """Replace (or append) the Engines section, keeping every other section as it is."""
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
+    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
+    path.write_text(new)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--runs", type=int, default=10, help="timed runs per engine (heavy networks: 3)")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--skip-heavy", action="store_true", help="skip the 1024 generator and e4e encoder")
+    parser.add_argument("--write", action="store_true", help="write the table into bench/RESULTS.md")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    rows = []
+    for case in cases():
+        if case.heavy and args.skip_heavy:
+            continue
+        print(f"... {case.name}", file=sys.stderr, flush=True)
+        with tempfile.TemporaryDirectory(prefix="bench-") as work:
+            rows.append(bench_case(case, 3 if case.heavy else args.runs, args.threads, Path(work)))
+        print(table(rows[-1:], args.threads, args.runs).splitlines()[-1], file=sys.stderr, flush=True)
+    text = table(rows, args.threads, args.runs)
+    print(text)
+    if args.write:
+        write_section(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

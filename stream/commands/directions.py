@@ -1,0 +1,135 @@
+"""`directions {list,discover,sefa}`: show, discover and compute editing directions."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+HELP = "list a directions file, discover a direction on a generator (mean difference), or compute SeFa ones"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.edits.attributes import ATTRIBUTE_NAMES
+
+    sub = parser.add_subparsers(dest="action", metavar="ACTION", parser_class=type(parser))
+    sub.required = True
+
+    lister = sub.add_parser("list", help="show the directions in a file (.safetensors, .pt, .npy, GANSpace .pt)")
+    lister.add_argument("file", type=Path, nargs="?", default=None,
+                        help="directions file (default: the demo pack's directions)")
+    lister.add_argument("--num-ws", type=int, default=18, help="W+ entries to expand 1-row files to (default 18)")
+    lister.set_defaults(run_action=_list)
+
+    discover = sub.add_parser("discover", help="sample a generator, score faces by dlib landmarks, contrast "
+                                               "the extremes of an attribute")
+    discover.add_argument("generator", type=Path, help="generator checkpoint (.pt, .pkl, .safetensors)")
+    discover.add_argument("--attribute", choices=ATTRIBUTE_NAMES, required=True)
+    discover.add_argument("--out", type=Path, required=True, metavar="FILE.safetensors",
+                          help="directions file to write (added to it when it exists)")
+    discover.add_argument("--name", default=None, help="direction name (default: the attribute)")
+    discover.add_argument("--samples", type=int, default=500, help="faces to generate (default 500)")
+    discover.add_argument("--fraction", type=float, default=0.3,
+                          help="top and bottom share contrasted (default 0.3)")
+    discover.add_argument("--control", action="append", choices=ATTRIBUTE_NAMES, default=[],
+                          help="contrast within quantile bins of this attribute (repeatable), e.g. yaw")
+    discover.add_argument("--bins", type=int, default=3, help="quantile bins per control attribute (default 3)")
+    discover.add_argument("--layers", default="auto",
+                          help="mask: auto (where the norm lies), coarse, middle, fine, all or e.g. 0-3,8")
+    discover.add_argument("--truncation", type=float, default=0.7, help="truncation psi (default 0.7)")
+    discover.add_argument("--seed", type=int, default=0)
+    discover.set_defaults(run_action=_discover)
+
+    sefa = sub.add_parser("sefa", help="closed-form directions from the generator's modulation weights")
+    sefa.add_argument("generator", type=Path, help="generator checkpoint (.pt, .pkl, .safetensors)")
+    sefa.add_argument("--out", type=Path, required=True, metavar="FILE.safetensors",
+                      help="directions file to write (added to it when it exists)")
+    sefa.add_argument("-k", type=int, default=5, help="number of directions (default 5)")
+    sefa.add_argument("--layers", default="all", help="W+ layers to factorise: all, coarse, middle, fine, 0-3,...")
+    sefa.set_defaults(run_action=_sefa)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args.run_action(args))
+
+
+def _print_direction(d) -> None:  # noqa: ANN001 - a Direction
+    from stream.edits.directions import format_layers, layers_from_norm
+
+    norms = np.linalg.norm(d.vector, axis=1)
+    print(f"  {d.name:<14} layers {format_layers(d.layers):<10} strength {d.default_strength:<5g} "
+          f"norm {float(np.linalg.norm(d.vector[d.layers])):.3f}, 80% of it in {format_layers(layers_from_norm(d.vector))}"
+          f" (of {len(norms)})")
+    if d.description:
+        print(f"  {'':<14} {d.description}")
+
+
+def _list(args: argparse.Namespace) -> int:
+    from stream.edits.directions import load_direction, load_directions
+
+    path = args.file
+    if path is None:
+        from stream.modelpack import load_pack
+
+        path = load_pack().directions
+    print(path)
+    if path.suffix == ".safetensors":
+        for d in load_directions(path).values():
+            _print_direction(d)
+        return 0
+    from stream.edits.directions import read_direction_file
+
+    obj = read_direction_file(path)
+    if isinstance(obj, dict) and "comp" in obj:
+        comp, std = np.asarray(obj["comp"]), np.asarray(obj["std"]).reshape(-1)
+        print(f"  GANSpace PCA: {comp.shape[0]} components of {comp.shape[-1]} (shape {list(comp.shape)}); "
+              f"std of the first five: {', '.join(f'{s:.3f}' for s in std[:5])}")
+        print("  use a component with load_ganspace(path, index, num_ws)")
+        return 0
+    print(f"  tensor of shape {list(np.shape(obj))}")
+    _print_direction(load_direction(path, args.num_ws))
+    return 0
+
+
+def _save(out: Path, new: list) -> None:
+    from stream.edits.directions import load_directions, save_directions
+
+    existing = load_directions(out) if out.exists() else {}
+    num_ws = {d.num_ws for d in new}
+    if existing and {d.num_ws for d in existing.values()} != num_ws:
+        from engines.errors import UserError
+
+        raise UserError(f"{out}: holds directions for another generator ({next(iter(existing.values())).num_ws} "
+                        f"W+ entries, these have {num_ws.pop()}); write to a new file")
+    existing.update({d.name: d for d in new})
+    save_directions(out, list(existing.values()))
+    print(f"wrote {out} ({len(existing)} directions: {', '.join(existing)})")
+
+
+def _discover(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engines import load_generator
+    from stream.edits.discover import discover_direction, sample_generator
+
+    generator = load_generator(args.generator)
+    with tqdm(total=args.samples, unit="face", desc="sampling", dynamic_ncols=True) as bar:
+        samples = sample_generator(generator, args.samples, truncation=args.truncation, seed=args.seed,
+                                   progress=bar.update)
+    print(f"dlib found a face in {len(samples.codes)} of {samples.tried} samples")
+    direction = discover_direction(samples, args.attribute, args.fraction, args.control, args.bins,
+                                   args.layers, args.name)
+    _print_direction(direction)
+    _save(args.out, [direction])
+    return 0
+
+
+def _sefa(args: argparse.Namespace) -> int:
+    from engines import load_generator
+    from stream.edits.directions import sefa_directions
+
+    directions = sefa_directions(load_generator(args.generator), args.k, args.layers)
+    for d in directions:
+        _print_direction(d)
+    _save(args.out, directions)
+    return 0

@@ -1,0 +1,118 @@
+"""`file IN -o OUT`: edit the faces of a video file; same frames, timestamps and audio."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from stream.config import FACES_MODES, MODEL_PATHS, SMOOTHINGS, FileJobConfig
+from stream.media.sink import CODECS
+from stream.modelpack import DEFAULT_PACK
+
+HELP = "edit the faces in a video file (audio copied, every frame and timestamp kept)"
+
+
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared with `demo`: which networks, on which backend."""
+    parser.add_argument("--pack", type=Path, default=DEFAULT_PACK, metavar="DIR",
+                        help="model pack folder (default: the demo pack in assets/demo_pack)")
+    parser.add_argument("--model", choices=MODEL_PATHS, default="auto",
+                        help="student (distilled, fast) or gan (encoder + generator); auto: the student when "
+                             "the pack has one for every edit")
+    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+                        help="inference backend (auto: TensorRT, then ONNX Runtime, then PyTorch)")
+    parser.add_argument("--faces", choices=FACES_MODES, default="all", help="edit every face or only the largest")
+    parser.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (best) to 51 (default 18)")
+    parser.add_argument("--no-residual", action="store_true",
+                        help="gan path: paste G(w') itself instead of crop + G(w') - G(w)")
+    parser.add_argument("--smoothing", choices=SMOOTHINGS, default="causal",
+                        help="temporal filter of each face's code on the gan path (default causal)")
+    parser.add_argument("--detect-every", type=int, default=5, metavar="N",
+                        help="run the face detector every N frames, track landmarks in between (default 5)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="IN", help="video file to edit")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
+                        help="video file to write (.mp4 or .mkv)")
+    parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
+                        help="an edit and its strength, e.g. smile=1.0 (repeatable; default: the pack's)")
+    parser.add_argument("--generator", type=Path, help="generator checkpoint (gan path; default: the pack's)")
+    parser.add_argument("--encoder", type=Path, help="encoder checkpoint (gan path; default: the pack's)")
+    parser.add_argument("--directions", type=Path, help="directions file (gan path; default: the pack's)")
+    parser.add_argument("--student", type=Path, metavar="FILE",
+                        help="student checkpoint for the single --edit (student path; --model student uses "
+                             "the pack's students)")
+    parser.add_argument("--side-by-side", action="store_true", help="write before | after, side by side")
+    parser.add_argument("--codec", choices=CODECS, default="h264",
+                        help="h264 (libx264, lossy) or lossless (RGB, bit-exact; large files)")
+    parser.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
+    parser.add_argument("--detector", choices=("dlib", "insightface"), default="dlib", help="face detector")
+    parser.add_argument("--face-models", type=Path, metavar="DIR", help="insightface model folder (det_*.onnx)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_model_arguments(parser)
+
+
+def model_config(args: argparse.Namespace, **files: Path | None):
+    """ModelConfig from the shared options; `files` names checkpoints that replace the pack's."""
+    from stream.config import ModelConfig
+
+    return ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
+                       smoothing=args.smoothing, **files)
+
+
+def job_config(args: argparse.Namespace) -> FileJobConfig:
+    from stream.config import FaceConfig, parse_edit
+    from stream.media.sink import EncoderSettings
+
+    model = model_config(args, generator=args.generator, encoder=args.encoder, directions=args.directions,
+                         student=args.student)
+    return FileJobConfig(
+        input=args.input,
+        output=args.output,
+        edits=tuple(parse_edit(text) for text in args.edit),
+        model=model,
+        face=FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
+                        faces=args.faces),
+        encoder=EncoderSettings(codec=args.codec, crf=args.crf, preset=args.preset),
+        side_by_side=args.side_by_side,
+        overwrite=args.overwrite,
+    )
+
+
+def stage_table(result) -> str:
+    """Milliseconds per stage: mean per call, calls, and the share of the job's wall time."""
+    means = result.times.mean_ms()
+    order = ["decode", "detect", "align", "encode", "edit", "generate", "student", "composite", "write"]
+    stages = [s for s in order if s in means] + sorted(s for s in means if s not in order)
+    total_ms = result.seconds * 1000.0
+    lines = [f"{'stage':<10} {'ms/call':>8} {'calls':>6} {'share':>6}"]
+    for stage in stages:
+        share = result.times.totals_ms[stage] / total_ms if total_ms else 0.0
+        lines.append(f"{stage:<10} {means[stage]:>8.2f} {result.times.counts[stage]:>6d} {share:>6.1%}")
+    lines.append(f"{result.frames} frames in {result.seconds:.1f} s: {result.fps:.1f} fps ({result.model} path)")
+    return "\n".join(lines)
+
+
+def run_with_progress(config: FileJobConfig):
+    """Run the job with a tqdm bar (frames, fps, time left); shared with `demo`."""
+    from tqdm import tqdm
+
+    from stream.filejob import run_file_job
+
+    bar: list[tqdm] = []
+
+    def start(info) -> None:
+        bar.append(tqdm(total=info.frames or None, unit="frame", desc=config.input.name, dynamic_ncols=True))
+
+    try:
+        return run_file_job(config, on_start=start, on_frame=lambda _frame: bar[0].update(1))
+    finally:
+        if bar:
+            bar[0].close()
+
+
+def run(args: argparse.Namespace) -> int:
+    result = run_with_progress(job_config(args))
+    print(stage_table(result))
+    print(f"wrote {result.output}")
+    return 0

@@ -1,0 +1,81 @@
+"""`train-pack`: train the demo model pack from face videos (resumable), then optionally export it.
+
+    run_stream.py train-pack --data ../shared/data/faces --run RUN_DIR --minutes 50
+    run_stream.py train-pack --run RUN_DIR --minutes 0 --export assets/demo_pack
+
+The first run extracts aligned crops into RUN_DIR/crops (cached); each run trains for --minutes more and
+checkpoints to RUN_DIR, so a stopped run resumes where it was. --export discovers the edit directions,
+measures them, and writes the pack (safetensors + pack.json + MODEL_CARD.md) and its contact sheet.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+HELP = "train the demo model pack (encoder + small StyleGAN2) from face videos; resumable; --export writes it"
+
+_SHARED_FACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "faces"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", type=Path, default=_SHARED_FACES, help="folder of face videos (*.mp4)")
+    parser.add_argument("--run", type=Path, required=True,
+                        help="run folder for the crop cache, checkpoints and logs (keep it outside the repo)")
+    parser.add_argument("--minutes", type=float, default=50.0, help="training wall time to add in this call (0: none)")
+    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (tests)")
+    parser.add_argument("--size", type=int, default=64, help="generator / encoder resolution (new runs only)")
+    parser.add_argument("--generator-width", type=int, default=96, help="generator channels up to 32 px (new runs)")
+    parser.add_argument("--encoder-width", type=int, default=32, help="DemoEncoder width (new runs)")
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--holdout-clip", default="d19", help="clip name held out entirely (an unseen person)")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared CPU, more threads spin and run slower)")
+    parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
+    parser.add_argument("--export", type=Path, default=None,
+                        help="after training, write the pack here (e.g. assets/demo_pack)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+    from tqdm import tqdm
+
+    from training.data import build_cache, load_cache
+    from training.pack import PackConfig, open_run, prepare_data, train
+
+    torch.set_num_threads(args.threads)
+    crops_dir = args.run / "crops"
+    clips = sorted(args.data.glob("*.mp4")) if args.data.is_dir() else []
+    if clips and len(list(crops_dir.glob("*.npz"))) < len(clips):
+        for clip in tqdm(build_cache(args.data, crops_dir), total=len(clips), desc="aligning faces", unit="clip"):
+            tqdm.write(f"  {clip.name}: {len(clip)} faces")
+    config = PackConfig(size=args.size, generator_width=args.generator_width, encoder_width=args.encoder_width,
+                        batch=args.batch, lr=args.lr, holdout_clip=args.holdout_clip)
+    state = open_run(args.run, config)
+    data = prepare_data(load_cache(crops_dir), state.config)
+    print(f"training on {len(data.split.train)} crops; held out: {len(data.split.heldout_frames)} frames, "
+          f"{len(data.split.heldout_clip)} of clip {state.config.holdout_clip}")
+    if args.minutes > 0:
+        total = int(args.minutes * 60)
+        with tqdm(total=total, desc="training", unit="s") as bar:
+            def on_step(st, stats: dict[str, float]) -> None:
+                bar.n = min(total, int(st.seconds - start_seconds))
+                bar.set_postfix(step=st.step, loss=f"{stats['loss']:.4f}")
+                bar.refresh()
+
+            start_seconds = state.seconds
+            state = train(state, data, args.run, args.minutes, args.checkpoint_minutes, on_step, args.max_steps)
+        last = state.history[-1]
+        print(f"step {state.step}, {state.seconds / 60:.1f} min trained: PSNR {last['psnr_heldout_frames']:.2f} dB "
+              f"held-out frames, {last['psnr_heldout_clip']:.2f} dB held-out clip")
+    if args.export is not None:
+        from training.export import export_pack
+
+        card = export_pack(state, data, load_cache(crops_dir), args.export, args.run, argv_note=_command_line(args))
+        print(f"wrote {args.export} ({card})")
+    return 0
+
+
+def _command_line(args: argparse.Namespace) -> str:
+    return (f"run_stream.py train-pack --data {args.data} --run {args.run} --minutes {args.minutes:g} "
+            f"--size {args.size} --generator-width {args.generator_width} --encoder-width {args.encoder_width} "
+            f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip}")

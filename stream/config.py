@@ -1,0 +1,102 @@
+"""Dataclasses for a run, validated once when built, with one-line errors the CLI can print."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, get_args
+
+from engines.errors import UserError
+from stream.faces.detect import DETECTOR_NAMES, DetectorName
+from stream.media.sink import EncoderSettings
+from stream.modelpack import DEFAULT_PACK
+
+EditSpec = tuple[str, float]           # (edit name, strength)
+FacesMode = Literal["all", "largest"]
+FACES_MODES: tuple[str, ...] = get_args(FacesMode)
+ModelPath = Literal["auto", "student", "gan"]
+MODEL_PATHS: tuple[str, ...] = get_args(ModelPath)
+Smoothing = Literal["centred", "causal", "off"]
+SMOOTHINGS: tuple[str, ...] = get_args(Smoothing)
+
+_EDIT = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
+
+
+def parse_edit(text: str) -> EditSpec:
+    """'smile=1.5' -> ('smile', 1.5); UserError for anything else."""
+    match = _EDIT.match(text)
+    if match is None:
+        raise UserError(f"--edit {text!r}: expected NAME=STRENGTH, e.g. --edit smile=1.0")
+    return match.group(1), float(match.group(2))
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which networks edit the faces.
+
+    path "student": the pack's students (or `student`, one safetensors for the single edit);
+    "gan": encoder + generator (the pack's unless `encoder` / `generator` name files) with `directions`;
+    "auto": the student path when students cover every requested edit, else the generator path.
+    residual: GAN crops go back as crop + G(w') - G(w) (True) or as G(w') alone (False).
+    """
+
+    pack: Path = DEFAULT_PACK
+    path: ModelPath = "auto"
+    generator: Path | None = None
+    encoder: Path | None = None
+    student: Path | None = None
+    directions: Path | None = None
+    backend: str = "auto"
+    residual: bool = True
+    smoothing: Smoothing = "causal"
+
+    def __post_init__(self) -> None:
+        if self.path not in MODEL_PATHS:
+            raise UserError(f"unknown model path {self.path!r}; choose one of {', '.join(MODEL_PATHS)}")
+        if self.smoothing not in SMOOTHINGS:
+            raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(SMOOTHINGS)}")
+        if self.student is not None and (self.generator is not None or self.encoder is not None):
+            raise UserError("give either --student or --generator/--encoder, not both")
+        for name in ("generator", "encoder", "student", "directions"):
+            value = getattr(self, name)
+            if value is not None and not Path(value).is_file():
+                raise UserError(f"--{name} {value}: file not found")
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    """Face finding: detector backend, how often it runs (landmarks are tracked in between), which faces."""
+
+    detector: DetectorName = "dlib"
+    face_models: Path | None = None
+    detect_every: int = 5
+    faces: FacesMode = "all"
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTOR_NAMES:
+            raise UserError(f"unknown detector {self.detector!r}; choose one of {', '.join(DETECTOR_NAMES)}")
+        if self.faces not in FACES_MODES:
+            raise UserError(f"unknown --faces {self.faces!r}; choose one of {', '.join(FACES_MODES)}")
+        if self.detect_every < 1:
+            raise UserError(f"--detect-every {self.detect_every}: must be 1 or more")
+
+
+@dataclass(frozen=True)
+class FileJobConfig:
+    """`file IN -o OUT`: everything the job needs, checked before any model loads."""
+
+    input: Path
+    output: Path
+    edits: tuple[EditSpec, ...] = ()
+    model: ModelConfig = field(default_factory=ModelConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    encoder: EncoderSettings = field(default_factory=EncoderSettings)
+    side_by_side: bool = False
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if Path(self.input).resolve() == Path(self.output).resolve():
+            raise UserError(f"{self.output}: the output would overwrite the input; choose another -o")
+        names = [name for name, _ in self.edits]
+        if len(set(names)) != len(names):
+            raise UserError(f"--edit names {names}: each edit may be given once")

@@ -1,0 +1,189 @@
+"""How an edited video compares with its input: identity kept, temporal coherence, flicker, attribute change.
+
+For each frame pair (input, output) the input's face is tracked (stream/faces/track.py); both frames are
+measured in the same face box and cropped with the same FFHQ affine, so whatever the tracker or the crop
+does affects both sides alike and the ratios isolate what the edit did.
+- identity: dlib descriptors of the input and output face: mean cosine similarity, mean euclidean distance
+  and the share of frames still the same person by dlib's 0.6 rule;
+- TL-ID and TG-ID (STIT, Tzaban et al. 2022): mean descriptor cosine similarity of consecutive measured
+  frames (local) and of all pairs of measured frames (global) of the output, over the same of the input;
+  1.0 means the edit kept the input's temporal identity coherence. dlib's cosine similarities of any two
+  faces are high (~0.9), so these ratios sit near 1 and differences of a few 0.01 matter;
+- flicker: mean absolute frame-to-frame change of the face crop (inside the feathered face mask) of the
+  output over that of the input, on every frame (1.0: the edit added no temporal noise);
+- attributes: each landmark score's mean in the input and the output (stream/edits/attributes.py).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+from engines.errors import UserError
+from stream.edits.attributes import (ATTRIBUTE_NAMES, SAME_PERSON_DISTANCE, IdentityEmbedder, cosine_similarity,
+                                     landmark_attributes)
+from stream.types import Face, Frame
+
+log = logging.getLogger(__name__)
+
+CROP_SIZE = 128
+
+
+@dataclass
+class EvaluationReport:
+    """Metrics of one input/output video pair (see the module docstring); NaN where nothing was measured."""
+
+    frames: int                          # frame pairs read
+    face_frames: int                     # pairs where the input had a face
+    measured_frames: int                 # pairs where identity and attributes were measured (every N-th)
+    identity_cosine: float               # mean cos(descriptor in, descriptor out)
+    identity_distance: float             # mean euclidean distance in vs out
+    same_person: float                   # share of measured frames with distance < 0.6
+    tl_id: float                         # consecutive-frame similarity, output / input
+    tg_id: float                         # all-pairs similarity, output / input
+    flicker: float                       # frame-to-frame crop change, output / input
+    flicker_in: float                    # mean |crop_t - crop_t-1| of the input, 0-255 units
+    flicker_out: float
+    attributes: dict[str, tuple[float, float]] = field(default_factory=dict)  # name -> (mean in, mean out)
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(metric, value) rows for a printed table."""
+        out = [("frames (with a face, measured)", f"{self.frames} ({self.face_frames}, {self.measured_frames})"),
+               ("identity cosine in vs out", f"{self.identity_cosine:.4f}"),
+               ("identity distance in vs out", f"{self.identity_distance:.3f} (same person < {SAME_PERSON_DISTANCE})"),
+               ("same person", f"{100 * self.same_person:.1f}%"),
+               ("TL-ID (out / in)", f"{self.tl_id:.4f}"),
+               ("TG-ID (out / in)", f"{self.tg_id:.4f}"),
+               ("flicker (out / in)", f"{self.flicker:.3f} ({self.flicker_out:.2f} / {self.flicker_in:.2f})")]
+        for name, (before, after) in self.attributes.items():
+            out.append((f"{name} in -> out", f"{before:+.3f} -> {after:+.3f} ({after - before:+.3f})"))
+        return out
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _mean_pair_similarity(desc: npt.NDArray[np.float32], local: bool) -> float:
+    if len(desc) < 2:
+        return float("nan")
+    if local:
+        return float(np.mean(cosine_similarity(desc[1:], desc[:-1])))
+    unit = desc / np.linalg.norm(desc, axis=1, keepdims=True)
+    sims = unit @ unit.T
+    return float(sims[np.triu_indices(len(desc), k=1)].mean())
+
+
+class _FaceMeasurer:
+    """Tracks the input's face and measures both frames of a pair in the same box and crop."""
+
+    def __init__(self, crop_size: int) -> None:
+        from stream.composite import face_mask
+        from stream.faces.detect import DlibDetector
+        from stream.faces.track import FaceTracker
+
+        detector = DlibDetector()
+        self.landmarker = detector.landmarker
+        self.tracker = FaceTracker(detector)
+        self.embedder = IdentityEmbedder()
+        self.crop_size = crop_size
+        self.mask = face_mask(crop_size)
+
+    def face(self, frame: Frame, t: float) -> Face | None:
+        faces = self.tracker.update(frame, t)
+        if not faces:
+            return None
+        return max(faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]))
+
+    def crop(self, frame: Frame, face: Face) -> npt.NDArray[np.float32]:
+        from stream.faces.align import ffhq_affine, warp_to_crop
+
+        return warp_to_crop(frame, ffhq_affine(face.landmarks, self.crop_size), self.crop_size).astype(np.float32)
+
+
+def evaluate_frames(pairs: Iterable[tuple[Frame, Frame]], fps: float = 30.0, every: int = 1,
+                    crop_size: int = CROP_SIZE, progress: Callable[[int], None] | None = None) -> EvaluationReport:
+    """Compare output frames with input frames, pair by pair (same size, same order).
+
+    every: measure identity and attributes on every N-th frame (dlib's descriptor costs ~20 ms a face);
+    flicker uses every frame. progress: called with 1 after each pair."""
+    if every < 1:
+        raise UserError(f"--every {every}: must be >= 1")
+    m = _FaceMeasurer(crop_size)
+    desc_in, desc_out, attr_in, attr_out, cos, dist = [], [], [], [], [], []
+    flicker_in, flicker_out = [], []
+    previous: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
+    frames = face_frames = 0
+    for index, (frame_in, frame_out) in enumerate(pairs):
+        if frame_in.shape != frame_out.shape:
+            raise UserError(f"frame {index}: input is {frame_in.shape[1]}x{frame_in.shape[0]} but output is "
+                            f"{frame_out.shape[1]}x{frame_out.shape[0]}; compare a video with its own edit")
+        frames += 1
+        face = m.face(frame_in, index / fps)
+        if face is None:
+            previous = None  # a gap breaks the frame-to-frame chain
+        else:
+            face_frames += 1
+            crops = (m.crop(frame_in, face), m.crop(frame_out, face))
+            if previous is not None:
+                flicker_in.append(float((np.abs(crops[0] - previous[0]).mean(-1) * m.mask).sum() / m.mask.sum()))
+                flicker_out.append(float((np.abs(crops[1] - previous[1]).mean(-1) * m.mask).sum() / m.mask.sum()))
+            previous = crops
+            if index % every == 0:
+                lm_in = m.landmarker.refine(frame_in, face.box)
+                lm_out = m.landmarker.refine(frame_out, face.box)
+                d_in, d_out = m.embedder.embed(frame_in, lm_in), m.embedder.embed(frame_out, lm_out)
+                desc_in.append(d_in)
+                desc_out.append(d_out)
+                cos.append(cosine_similarity(d_in, d_out))
+                dist.append(float(np.linalg.norm(d_in - d_out)))
+                attr_in.append(landmark_attributes(lm_in))
+                attr_out.append(landmark_attributes(lm_out))
+        if progress is not None:
+            progress(1)
+    if frames == 0:
+        raise UserError("no frames to compare")
+    if face_frames == 0:
+        log.warning("no face found in any input frame: nothing to measure")
+    nan = float("nan")
+    d_in, d_out = np.array(desc_in), np.array(desc_out)
+    fin, fout = (float(np.mean(f)) if f else nan for f in (flicker_in, flicker_out))
+    return EvaluationReport(
+        frames=frames, face_frames=face_frames, measured_frames=len(desc_in),
+        identity_cosine=float(np.mean(cos)) if cos else nan,
+        identity_distance=float(np.mean(dist)) if dist else nan,
+        same_person=float(np.mean(np.array(dist) < SAME_PERSON_DISTANCE)) if dist else nan,
+        tl_id=_mean_pair_similarity(d_out, True) / _mean_pair_similarity(d_in, True),
+        tg_id=_mean_pair_similarity(d_out, False) / _mean_pair_similarity(d_in, False),
+        flicker=fout / fin if fin > 0 else nan, flicker_in=fin, flicker_out=fout,
+        attributes={name: (float(np.mean([a[name] for a in attr_in])), float(np.mean([a[name] for a in attr_out])))
+                    for name in ATTRIBUTE_NAMES} if attr_in else {},
+    )
+
+
+def _paired(first: Iterator[Frame], second: Iterator[Frame], names: tuple[str, str]) -> Iterator[tuple[Frame, Frame]]:
+    for a, b in itertools.zip_longest(first, second):
+        if a is None or b is None:
+            short = names[0] if a is None else names[1]
+            raise UserError(f"{short} has fewer frames than the other video; compare a video with its own edit")
+        yield a, b
+
+
+def evaluate_videos(input_path: str | os.PathLike, output_path: str | os.PathLike, every: int = 1,
+                    max_frames: int | None = None, crop_size: int = CROP_SIZE,
+                    progress: Callable[[int], None] | None = None) -> EvaluationReport:
+    """evaluate_frames over two video files (the output an edit of the input, frame for frame)."""
+    from stream.media.source import FileSource
+
+    with FileSource(input_path) as src_in, FileSource(output_path) as src_out:
+        fps = float(src_in.info.rate) if src_in.info.rate else 30.0
+        frames_in = (f.image for f in src_in.frames())
+        frames_out = (f.image for f in src_out.frames())
+        pairs = _paired(frames_in, frames_out, (str(input_path), str(output_path)))
+        if max_frames is not None:
+            pairs = itertools.islice(pairs, max_frames)
+        return evaluate_frames(pairs, fps=fps, every=every, crop_size=crop_size, progress=progress)

@@ -1,0 +1,1 @@
+"""Faces: detection backends, FFHQ alignment, and tracking with stable ids and smoothed landmarks."""

@@ -1,0 +1,91 @@
+"""Face tracking on real clips: stable ids, several faces, faces leaving and entering, jitter and lag."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from stream.faces.align import ffhq_affine, transform_points
+from stream.faces.detect import DlibDetector
+from stream.faces.track import FaceTracker, box_iou
+from tests.test_faces_detect import clip_frames
+
+
+@pytest.fixture(scope="module")
+def detector() -> DlibDetector:
+    return DlibDetector()
+
+
+def side_by_side(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    h = max(left.shape[0], right.shape[0])
+    pad = lambda a: np.pad(a, ((0, h - a.shape[0]), (0, 0), (0, 0)), constant_values=128)
+    return np.ascontiguousarray(np.hstack([pad(left), pad(right)]))
+
+
+def test_box_iou():
+    assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert box_iou((0, 0, 10, 10), (20, 20, 30, 30)) == 0.0
+    assert abs(box_iou((0, 0, 10, 10), (5, 0, 15, 10)) - 1 / 3) < 1e-9
+
+
+def test_two_faces_keep_their_ids_then_one_leaves_and_comes_back(detector):
+    a, b = clip_frames("d3", limit=24), clip_frames("d18", limit=24)
+    tracker = FaceTracker(detector, detect_every=5, max_missed=1)
+    seen = []
+    for i in range(24):
+        right = b[i] if not 10 <= i < 18 else np.full_like(b[i], 128)  # the right face leaves, then returns
+        faces = tracker.update(side_by_side(a[i], right))
+        seen.append({f.track_id: (f.box[0] + f.box[2]) / 2 for f in faces})
+    left_ids = {min(s, key=s.get) for s in seen}
+    assert len(left_ids) == 1  # the left face keeps one id throughout
+    (left_id,) = left_ids
+    assert len(seen[0]) == 2 and len(seen[9]) == 2
+    right_before = next(t for t in seen[9] if t != left_id)
+    assert all(set(s) == {left_id} for s in seen[13:18])  # gone within max_missed + 1 detections
+    assert len(seen[23]) == 2 and right_before not in seen[23]  # back, as a new track
+    assert all(len(f) for f in seen)
+
+
+def test_ids_are_stable_and_landmarks_follow_the_face(detector):
+    frames = clip_frames("d12", limit=40)  # the fastest-moving clip
+    tracker = FaceTracker(detector, detect_every=10)
+    for frame in frames:
+        faces = tracker.update(frame)
+        assert [f.track_id for f in faces] == [0]
+        fresh = detector.detect(frame)
+        if fresh:  # the smoothed track stays on the detector's face
+            assert box_iou(faces[0].box, fresh[0].box) > 0.5
+
+
+def crop_jitter_and_lag(detector, clip: str) -> tuple[float, float, float]:
+    """(jitter raw, jitter smoothed, lag in frames): jitter is the mean frame-to-frame movement of the 68
+    landmarks in their own aligned crop (fraction of the crop side); lag is the shift that best lines up
+    the smoothed landmark centroid with the raw one."""
+    frames = clip_frames(clip, limit=150)
+    tracks = {}
+    for smoothing in (False, True):
+        tracker = FaceTracker(detector, smoothing=smoothing, fps=30.0)
+        tracks[smoothing] = np.array([tracker.update(f)[0].landmarks for f in frames], dtype=np.float64)
+    jitter = {}
+    for smoothing, lms in tracks.items():
+        in_crop = np.array([transform_points(ffhq_affine(lm, 1), lm) for lm in lms])
+        jitter[smoothing] = float(np.linalg.norm(np.diff(in_crop, axis=0), axis=-1).mean())
+    raw, smooth = tracks[False].mean(axis=1), tracks[True].mean(axis=1)
+    t = np.arange(len(raw), dtype=np.float64)
+    shifts = np.arange(0.0, 3.01, 0.05)
+    errors = [np.linalg.norm(smooth[10:] - np.stack([np.interp(t - k, t, raw[:, j]) for j in (0, 1)], 1)[10:],
+                             axis=1).mean() for k in shifts]
+    return jitter[False], jitter[True], float(shifts[int(np.argmin(errors))])
+
+
+# d11 and d12 move fast all the time (head turns while talking): most of their in-crop movement is real
+# motion, which a causal filter cannot remove without lagging, so they fall short of 2x (see bench/RESULTS.md)
+JITTER_FACTOR = {"d11": 1.2, "d12": 1.3}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("clip", ["d0", "d11", "d12", "d13", "d18", "d19", "d20", "d3", "s18"])
+def test_smoothing_reduces_jitter(detector, clip):
+    raw, smooth, lag = crop_jitter_and_lag(detector, clip)
+    assert raw / smooth >= JITTER_FACTOR.get(clip, 2.0), f"{clip}: jitter {raw:.5f} -> {smooth:.5f}"
+    if clip == "d12":  # the fastest-moving clip (mean landmark speed 0.13 face sizes per frame)
+        assert lag <= 1.0, f"{clip}: smoothed landmarks lag {lag:.2f} frames"

@@ -1,0 +1,127 @@
+"""Does an edit do what it says? Teacher edits of aligned crops, measured with landmarks and identity.
+
+The teacher edit of a crop is what the runtime pastes back: `crop + up(G(w') - G(w))` at the crop's size
+(stream.pipeline's residual, same resize). Each edited crop is measured with dlib's 68-point predictor in
+the box of the face's original landmarks, and so is the unedited crop, so the change in a landmark
+attribute is the edit's, not the measuring's. The decoded generator image alone (`G(w')` vs `G(w)`,
+up-sampled to the crop size) is measured the same way: the attribute has to be there before the residual.
+Identity: dlib's face descriptor of the edited crop against the original's (cosine similarity).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from engines.nets.stylegan2 import Generator
+from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute_matrix, cosine_similarity
+from stream.edits.directions import Direction
+from stream.edits.editor import LatentEdit, edit_offset
+from stream.faces.detect import DlibLandmarker
+from stream.pipeline import images_to_pixels
+from stream.types import Crop
+from training.synthesis import synthesize
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def decode(generator: Generator, codes: npt.NDArray[np.float32], batch: int = 64) -> npt.NDArray[np.float32]:
+    """Generator images [N, 3, s, s] (about [-1, 1]) of codes [N, num_ws, D]."""
+    generator.eval()
+    w = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
+    return torch.cat([synthesize(generator, w[i:i + batch]) for i in range(0, len(w), batch)]).numpy()
+
+
+def to_uint8(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
+    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
+
+
+def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
+                 offset: npt.NDArray[np.float32], base: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+    """Residual edit of crops [N, S, S, 3]: crop + up(G(w + offset) - G(w)). `base` = G(w) when already known."""
+    base = decode(generator, codes) if base is None else base
+    change = images_to_pixels(decode(generator, codes + offset[None]) - base, crops.shape[1])
+    return to_uint8(crops.astype(np.float32) + change)
+
+
+def upsampled(images: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.uint8]:
+    """Generator images [N, 3, s, s] -> uint8 crops [N, size, size, 3]."""
+    return to_uint8(images_to_pixels(images, size) + 127.5)
+
+
+def _box(landmarks: npt.NDArray[np.float32]) -> tuple[float, float, float, float]:
+    x0, y0 = landmarks.min(0)
+    x1, y1 = landmarks.max(0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def measure(landmarker: DlibLandmarker, crops: npt.NDArray[np.uint8] | list[Crop],
+            boxes_from: npt.NDArray[np.float32]) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float32]]:
+    """Attribute scores [N, len(ATTRIBUTE_NAMES)] and landmarks [N, 68, 2] of crops, each in the box of its
+    reference landmarks `boxes_from` [N, 68, 2]."""
+    lms = np.stack([landmarker.refine(np.ascontiguousarray(c), _box(ref)) for c, ref in zip(crops, boxes_from)])
+    return attribute_matrix(lms), lms
+
+
+@dataclass
+class EditReport:
+    """Mean changes of one edit at one strength over a set of faces."""
+
+    edit: str
+    strength: float
+    faces: int
+    target_change: float                 # change of the edit's own attribute, residual crop
+    target_change_decoded: float         # the same on the up-sampled G(w') vs G(w)
+    other_changes: dict[str, float]      # the other attributes (residual crop)
+    identity_cosine: float               # dlib descriptor, edited vs original crop
+    psnr_vs_input: float                 # how much of the crop the edit touched
+
+    def row(self) -> dict:
+        return {"edit": self.edit, "strength": self.strength, "faces": self.faces,
+                "target_change": round(self.target_change, 4),
+                "target_change_decoded": round(self.target_change_decoded, 4),
+                "other_changes": {k: round(v, 4) for k, v in self.other_changes.items()},
+                "identity_cosine": round(self.identity_cosine, 4), "psnr_vs_input": round(self.psnr_vs_input, 2)}
+
+
+def _psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
+                   landmarks: npt.NDArray[np.float32], directions: list[Direction], strengths: list[float],
+                   embedder: IdentityEmbedder | None = None) -> list[EditReport]:
+    """Edit every crop with every direction at every strength and measure what changed."""
+    landmarker = DlibLandmarker()
+    size = crops.shape[1]
+    base = decode(generator, codes)
+    base_up = upsampled(base, size)
+    attrs0, lms0 = measure(landmarker, crops, landmarks)
+    attrs0_dec, _ = measure(landmarker, base_up, landmarks)
+    ids0 = None if embedder is None else np.stack([embedder.embed(c, lm) for c, lm in zip(crops, lms0)])
+    reports = []
+    for direction in directions:
+        k = ATTRIBUTE_NAMES.index(direction.name)
+        for strength in strengths:
+            offset = edit_offset([LatentEdit(direction, strength)], direction.num_ws, direction.vector.shape[1])
+            edited_images = decode(generator, codes + offset[None])
+            edited = to_uint8(crops.astype(np.float32) + images_to_pixels(edited_images - base, size))
+            attrs, lms = measure(landmarker, edited, landmarks)
+            attrs_dec, _ = measure(landmarker, upsampled(edited_images, size), landmarks)
+            delta = (attrs - attrs0).mean(0)
+            identity = float("nan")
+            if embedder is not None:
+                ids = np.stack([embedder.embed(c, lm) for c, lm in zip(edited, lms)])
+                identity = float(np.mean(cosine_similarity(ids, ids0)))
+            reports.append(EditReport(direction.name, strength, len(crops), float(delta[k]),
+                                      float((attrs_dec - attrs0_dec).mean(0)[k]),
+                                      {n: float(delta[j]) for j, n in enumerate(ATTRIBUTE_NAMES) if j != k},
+                                      identity, _psnr_uint8(edited, crops)))
+            log.info("%s %+.1f: %s %+.4f (decoded %+.4f), identity %.3f", direction.name, strength, direction.name,
+                     reports[-1].target_change, reports[-1].target_change_decoded, identity)
+    return reports
