@@ -15,8 +15,10 @@ import logging
 import os
 import platform
 import re
+import statistics
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +32,6 @@ sys.path.insert(0, str(ROOT))
 
 from calibration import crops_to_feeds, quantize_qdq, relative_l2, wplus_feeds
 from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
-from engines.backends.timing import time_engine
 from engines.backends.torch_backend import TorchEngine
 from engines.export import export_onnx
 
@@ -126,42 +127,68 @@ def calibration_feeds(case: Case, count: int) -> list[dict[str, np.ndarray]]:
     return list(crops_to_feeds(_frames(case.shape[-1], count * case.shape[0]), "image", case.shape[0]))
 
 
+def interleaved(engines: dict[str, object], inputs: dict[str, np.ndarray], runs: int,
+                warmup: int = 2) -> dict[str, tuple[float, float]]:
+    """{name: (median wall ms, median process-CPU ms)}, the engines taking turns run by run.
+
+    Taking turns exposes every engine to the same background load on a shared machine; process CPU time
+    (single-threaded runs) leaves out the time spent waiting for a core.
+    """
+    for engine in engines.values():
+        for _ in range(warmup):
+            engine.run(inputs)
+    wall: dict[str, list[float]] = {name: [] for name in engines}
+    cpu: dict[str, list[float]] = {name: [] for name in engines}
+    for _ in range(runs):
+        for name, engine in engines.items():
+            start_wall, start_cpu = time.perf_counter(), time.process_time()
+            engine.run(inputs)
+            wall[name].append((time.perf_counter() - start_wall) * 1e3)
+            cpu[name].append((time.process_time() - start_cpu) * 1e3)
+    return {name: (statistics.median(wall[name]), statistics.median(cpu[name])) for name in engines}
+
+
 def bench_case(case: Case, runs: int, threads: int, work: Path) -> dict:
     module = case.build()
     inputs = {case.input_name: np.random.default_rng(0).standard_normal(case.shape).astype(np.float32)}
     specs = {case.input_name: (case.shape, "float32")}
-    torch_engine = TorchEngine(module, specs, ["out"], threads=threads)
-    torch_ms = time_engine(torch_engine, inputs, runs).median_ms
     path = export_onnx(module, {case.input_name: torch.from_numpy(inputs[case.input_name])},
                        work / "net.onnx", output_names=["out"])
-    ort_engine = OnnxRuntimeEngine(path, threads=threads)
-    ort_ms = time_engine(ort_engine, inputs, runs).median_ms
-    row = {"network": case.name, "shape": "x".join(map(str, case.shape)), "torch": torch_ms, "ort": ort_ms,
-           "int8": None, "int8_err": None}
+    engines = {"torch": TorchEngine(module, specs, ["out"], threads=threads),
+               "ort": OnnxRuntimeEngine(path, threads=threads)}
+    int8_err = None
     if case.int8:
         feeds = calibration_feeds(case, 9)
         held_out = feeds.pop()  # error is measured on data like the calibration set's, not on noise
         quantized = quantize_qdq(path, feeds, work / "net.int8.onnx", method="minmax" if case.heavy else "entropy")
-        int8_engine = OnnxRuntimeEngine(quantized.onnx_path, "int8", threads=threads)
-        row["int8"] = time_engine(int8_engine, inputs, runs).median_ms
-        row["int8_err"] = relative_l2(int8_engine.run(held_out)["out"], ort_engine.run(held_out)["out"])
-    return row
+        engines["int8"] = OnnxRuntimeEngine(quantized.onnx_path, "int8", threads=threads)
+        int8_err = relative_l2(engines["int8"].run(held_out)["out"], engines["ort"].run(held_out)["out"])
+    times = interleaved(engines, inputs, runs, warmup=1 if case.heavy else 2)
+    return {"network": case.name, "shape": "x".join(map(str, case.shape)), "times": times, "int8_err": int8_err}
 
 
 def table(rows: list[dict], threads: int, runs: int) -> str:
     lines = [SECTION, "",
-             f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
-             f"(load average {os.getloadavg()[0]:.1f} at the end), {threads} thread(s) "
-             f"for both PyTorch and ONNX Runtime; batch 1; median of {runs} runs after warm-up, one process; "
-             "random weights. torch " + torch.__version__ + ", onnxruntime " + _ort_version() + ".",
-             "Produced by `bench/engines_cpu.py --write`; numbers, never asserted in tests.", "",
-             "| network | input | PyTorch FP32 ms | ORT FP32 ms | ORT/PyTorch time | ORT speed-up | ORT INT8 ms | INT8 rel L2 vs FP32 |",
+             (f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} cores shared with other jobs "
+             f"(load average {os.getloadavg()[0]:.1f} at the end), {threads} thread(s) for both PyTorch and "
+             f"ONNX Runtime; batch 1; random weights; one process, engines taking turns run by run; median of "
+             f"{runs} runs (3 for the two full-size networks) after warm-up. torch {torch.__version__}, "
+             f"onnxruntime {_ort_version()}. Wall ms / process-CPU ms: under load the CPU time is the steadier "
+             "figure. INT8 = symmetric Q/DQ graph from `calibrate` (8 batches: video frames for image nets, "
+             "W+ from the mapping net for the generator), error on a held-out batch."),
+             ("Produced by `bench/engines_cpu.py --threads 1 --write`; numbers, never asserted in tests. "
+             "GPU numbers (PyTorch FP32 / FP16 / FP16 + CUDA graphs, TensorRT when installed) come from "
+             "`bench/gpu.sh` on an NVIDIA machine."), "",
+             ("| network | input | PyTorch FP32 ms (wall / CPU) | ORT FP32 ms (wall / CPU) | ORT/PyTorch time (CPU) "
+             "| ORT speed-up (CPU) | ORT INT8 ms (wall / CPU) | INT8 rel L2 vs FP32 |"),
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        int8 = "-" if r["int8"] is None else f"{r['int8']:.1f}"
+        t = r["times"]
+        ratio = t["ort"][1] / t["torch"][1]
+        int8 = f"{t['int8'][0]:.1f} / {t['int8'][1]:.1f}" if "int8" in t else "-"
         err = "-" if r["int8_err"] is None else f"{r['int8_err']:.2e}"
-        lines.append(f"| {r['network']} | {r['shape']} | {r['torch']:.1f} | {r['ort']:.1f} | "
-                     f"{r['ort'] / r['torch']:.2f} | {r['torch'] / r['ort']:.2f}x | {int8} | {err} |")
+        lines.append(f"| {r['network']} | {r['shape']} | {t['torch'][0]:.1f} / {t['torch'][1]:.1f} | "
+                     f"{t['ort'][0]:.1f} / {t['ort'][1]:.1f} | {ratio:.2f} | {1 / ratio:.2f}x | {int8} | {err} |")
     return "\n".join(lines) + "\n"
 
 

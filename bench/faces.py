@@ -43,29 +43,59 @@ def read_frames(path: Path, every: int = 1, limit: int | None = None) -> list[np
 
 
 def time_stages(frames: list[np.ndarray], crop: int) -> dict[str, float]:
+    """Mean CPU ms per stage (process time: what the stage costs on an idle core, whatever else runs)."""
+    from stream.faces.track import FaceTracker
+
     detector = DlibDetector()
     mask = face_mask(crop)
     totals = {"detect": 0.0, "landmarks": 0.0, "align": 0.0, "paste-back": 0.0}
     count = 0
     for frame in frames:
-        t0 = time.perf_counter()
+        t0 = time.process_time()
         boxes = detector.detect_boxes(frame)
-        t1 = time.perf_counter()
+        t1 = time.process_time()
         if not boxes:
             continue
         landmarks = detector.landmarker.refine(frame, boxes[0][0])
-        t2 = time.perf_counter()
+        t2 = time.process_time()
         affine = ffhq_affine(landmarks, crop)
         aligned = warp_to_crop(frame, affine, crop)
-        t3 = time.perf_counter()
+        t3 = time.process_time()
         edited = cv2.GaussianBlur(aligned, (0, 0), 2.0)  # stands in for an edit
-        t4 = time.perf_counter()
+        t4 = time.process_time()
         paste_back(frame, edited, aligned, affine, mask)
-        t5 = time.perf_counter()
+        t5 = time.process_time()
         for stage, dt in zip(totals, (t1 - t0, t2 - t1, t3 - t2, t5 - t4)):
             totals[stage] += dt * 1000.0
         count += 1
-    return {stage: total / max(count, 1) for stage, total in totals.items()}
+    result = {stage: total / max(count, 1) for stage, total in totals.items()}
+    tracker = FaceTracker(detector)
+    t0 = time.process_time()
+    for frame in frames:
+        tracker.update(frame)
+    result["tracker"] = (time.process_time() - t0) * 1000.0 / len(frames)
+    return result
+
+
+def round_trip_psnr(frame: np.ndarray, size: int) -> tuple[float, float, bool]:
+    """PSNR (dB) in the face region (warped mask > 0.5) of align + paste of the unedited crop, for the
+    "delta" and "replace" blends, and whether every pixel outside the mask kept its bytes."""
+    from stream.faces.align import invert_affine
+
+    face = DlibDetector().detect(frame)[0]
+    affine = ffhq_affine(face.landmarks, size)
+    aligned = warp_to_crop(frame, affine, size)
+    mask = face_mask(size)
+    warped = cv2.warpAffine(mask, invert_affine(affine), (frame.shape[1], frame.shape[0]))
+    region = warped > 0.5
+    results = []
+    untouched = True
+    for blend in ("delta", "replace"):
+        out = paste_back(frame, aligned, aligned, affine, mask, blend=blend)
+        untouched &= bool(np.array_equal(out[warped == 0], frame[warped == 0]))
+        mse = float(((out[region].astype(np.float64) - frame[region]) ** 2).mean())
+        results.append(float("inf") if mse == 0 else 10.0 * np.log10(255.0 ** 2 / mse))
+    return results[0], results[1], untouched
 
 
 def contact_sheet(out_path: Path, crop: int = 256) -> int:
@@ -155,6 +185,14 @@ def main() -> int:
         ms = time_stages(frames, args.crop)
         rows.append((label, clip, ms))
         print(f"{label} ({clip}): " + ", ".join(f"{k} {v:.1f} ms" for k, v in ms.items()))
+    psnr_rows = []
+    for clip in ("d3", "d13", "s18"):
+        frame = read_frames(FACES / f"{clip}.mp4", limit=1)[0]
+        for size in (256, 512, 1024):
+            delta, replace, untouched = round_trip_psnr(frame, size)
+            psnr_rows.append((clip, size, delta, replace, untouched))
+            print(f"round trip {clip} @ {size}: delta {delta:.1f} dB, replace {replace:.1f} dB, "
+                  f"outside mask unchanged: {untouched}")
     jitter_rows = []
     for path in sorted(FACES.glob("*.mp4")):
         raw, smooth, lag = jitter_and_lag(path.stem)
@@ -166,13 +204,21 @@ def main() -> int:
     if args.no_write:
         return 0
     lines = [SECTION, "",
-             (f"CPU, 1 thread (OMP_NUM_THREADS=1, cv2.setNumThreads(1)), mean over {args.frames} frames, "
-              f"aligned crop {args.crop}x{args.crop}, one face; dlib HOG on frames shrunk to 640 px "
-              "(longer side), 68-point landmarks at full size; paste-back = colour match + delta blend."), "",
-             "| frame | clip | detect (HOG) ms | landmarks ms | align ms | paste-back ms |",
-             "|---|---|---|---|---|---|"]
+             (f"CPU time (process time, so other load on the machine does not count), 1 thread "
+              f"(OMP_NUM_THREADS=1, cv2.setNumThreads(1)), mean over {args.frames} frames, aligned crop "
+              f"{args.crop}x{args.crop}, one face. detect = dlib HOG on the frame shrunk to 640 px (longer side); "
+              "landmarks = 68-point predictor at full size; align = FFHQ affine + warp; paste-back = colour "
+              "match + delta blend; tracker = FaceTracker.update per frame (HOG every 10 frames, landmarks + "
+              "local HOG check in between, smoothing)."), "",
+             "| frame | clip | detect ms | landmarks ms | align ms | paste-back ms | tracker ms/frame |",
+             "|---|---|---|---|---|---|---|"]
     lines += [f"| {label} | {clip} | {ms['detect']:.1f} | {ms['landmarks']:.1f} | {ms['align']:.1f} | "
-              f"{ms['paste-back']:.1f} |" for label, clip, ms in rows]
+              f"{ms['paste-back']:.1f} | {ms['tracker']:.1f} |" for label, clip, ms in rows]
+    lines += ["", ("Round trip (first frame, unedited crop aligned and pasted back): PSNR in the face region "
+                   "(warped mask > 0.5). delta = the default blend, replace = the crop's own pixels."), "",
+              "| clip | crop | delta dB | replace dB | outside mask byte-identical |", "|---|---|---|---|---|"]
+    lines += [f"| {clip} | {size} | {delta:.1f} | {replace:.1f} | {untouched} |"
+              for clip, size, delta, replace, untouched in psnr_rows]
     lines += ["", ("Smoothing (FaceTracker defaults, first 150 frames): mean frame-to-frame movement of the 68 "
                    "landmarks inside their own aligned crop, per mille of the crop side; lag = shift (frames) "
                    "that best aligns the smoothed landmark centroid with the raw one (noise-dominated, so not "

@@ -498,5 +498,5 @@ def convert_checkpoint(src: str | os.PathLike, dst: str | os.PathLike) -> Checkp
         raise CheckpointError(f"{dst}: the output must end in .safetensors")
     ckpt = load_checkpoint(src)
     save_checkpoint(ckpt, dst)
-    log.info("converted %s -> %s: %s", src, dst, ckpt.describe())
+    log.debug("converted %s -> %s: %s", src, dst, ckpt.describe())
     return ckpt

@@ -78,10 +78,11 @@ def _mean_pair_similarity(desc: npt.NDArray[np.float32], local: bool) -> float:
     return float(sims[np.triu_indices(len(desc), k=1)].mean())
 
 
-class _FaceMeasurer:
-    """Tracks the input's face and measures both frames of a pair in the same box and crop."""
+class FaceMeasurer:
+    """Tracks the input's face and measures both frames of a pair in the same box and crop. Loading dlib's
+    models takes a second or two: reuse one measurer for several evaluations (each starts a fresh track)."""
 
-    def __init__(self, crop_size: int) -> None:
+    def __init__(self, crop_size: int = CROP_SIZE) -> None:
         from stream.composite import face_mask
         from stream.faces.detect import DlibDetector
         from stream.faces.track import FaceTracker
@@ -92,6 +93,10 @@ class _FaceMeasurer:
         self.embedder = IdentityEmbedder()
         self.crop_size = crop_size
         self.mask = face_mask(crop_size)
+
+    def reset(self) -> None:
+        """Forget the tracked faces (a new video)."""
+        self.tracker.reset()
 
     def face(self, frame: Frame, t: float) -> Face | None:
         faces = self.tracker.update(frame, t)
@@ -106,14 +111,17 @@ class _FaceMeasurer:
 
 
 def evaluate_frames(pairs: Iterable[tuple[Frame, Frame]], fps: float = 30.0, every: int = 1,
-                    crop_size: int = CROP_SIZE, progress: Callable[[int], None] | None = None) -> EvaluationReport:
+                    measurer: FaceMeasurer | None = None, progress: Callable[[int], None] | None = None
+                    ) -> EvaluationReport:
     """Compare output frames with input frames, pair by pair (same size, same order).
 
     every: measure identity and attributes on every N-th frame (dlib's descriptor costs ~20 ms a face);
-    flicker uses every frame. progress: called with 1 after each pair."""
+    flicker uses every frame. measurer: reuse one across calls (default: a new one, 128 px crops).
+    progress: called with 1 after each pair."""
     if every < 1:
         raise UserError(f"--every {every}: must be >= 1")
-    m = _FaceMeasurer(crop_size)
+    m = measurer or FaceMeasurer()
+    m.reset()
     desc_in, desc_out, attr_in, attr_out, cos, dist = [], [], [], [], [], []
     flicker_in, flicker_out = [], []
     previous: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]] | None = None
@@ -174,7 +182,7 @@ def _paired(first: Iterator[Frame], second: Iterator[Frame], names: tuple[str, s
 
 
 def evaluate_videos(input_path: str | os.PathLike, output_path: str | os.PathLike, every: int = 1,
-                    max_frames: int | None = None, crop_size: int = CROP_SIZE,
+                    max_frames: int | None = None, measurer: FaceMeasurer | None = None,
                     progress: Callable[[int], None] | None = None) -> EvaluationReport:
     """evaluate_frames over two video files (the output an edit of the input, frame for frame)."""
     from stream.media.source import FileSource
@@ -186,4 +194,4 @@ def evaluate_videos(input_path: str | os.PathLike, output_path: str | os.PathLik
         pairs = _paired(frames_in, frames_out, (str(input_path), str(output_path)))
         if max_frames is not None:
             pairs = itertools.islice(pairs, max_frames)
-        return evaluate_frames(pairs, fps=fps, every=every, crop_size=crop_size, progress=progress)
+        return evaluate_frames(pairs, fps=fps, every=every, measurer=measurer, progress=progress)

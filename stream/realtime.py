@@ -300,7 +300,7 @@ def run_live(
     source: Iterable[TimedFrame],
     processor: FrameProcessor,
     sinks: Sequence[LiveSink],
-    edits: Edits = (),  # type: ignore[assignment]
+    edits: Sequence[tuple[str, float]] = (),
     max_frames: int | None = None,
     on_frame: Callable[[LiveStats], None] | None = None,
 ) -> LiveStats:

@@ -51,6 +51,43 @@ def _unit(rng: np.random.Generator, dim: int) -> npt.NDArray[np.float32]:
     return (v / np.linalg.norm(v)).astype(np.float32)
 
 
+def warp_face(image: npt.NDArray[np.uint8], landmarks: npt.NDArray[np.float32], smile: float, eyes: float = 0.0,
+              light: float = 0.0) -> npt.NDArray[np.uint8]:
+    """`image` with the face of `landmarks` [68, 2] smiling by `smile`, eyes opened by `eyes`, brightened by
+    `light` (each about -2..2; 0 leaves it as it is)."""
+    lm = landmarks.astype(np.float64)
+    eye_a, eye_b = lm[36:42].mean(0), lm[42:48].mean(0)
+    iod = np.linalg.norm(eye_b - eye_a)
+    ex = (eye_b - eye_a) / iod
+    ey = np.array([-ex[1], ex[0]])  # down the face
+    # amounts saturate (tanh) so that no displacement exceeds ~0.6 sigma: the warp stays invertible
+    s, e = 2.0 * np.tanh(smile / 2.0), 2.0 * np.tanh(eyes / 2.0)
+    controls = []  # (point, displacement, sigma): a Gaussian bump of displacement around each point
+    for idx, side in ((48, -1.0), (54, 1.0)):
+        controls.append((lm[idx], iod * s * (0.05 * side * ex - 0.04 * ey), 0.2 * iod))
+    for idx in (37, 38, 43, 44):
+        controls.append((lm[idx], -0.025 * iod * e * ey, 0.08 * iod))
+    for idx in (40, 41, 46, 47):
+        controls.append((lm[idx], 0.012 * iod * e * ey, 0.08 * iod))
+    # only the face region moves (the bumps are ~0 a face-width away)
+    x0, y0 = np.maximum(np.floor(lm.min(0) - 0.6 * iod), 0).astype(int)
+    x1, y1 = np.minimum(np.ceil(lm.max(0) + 0.6 * iod), (image.shape[1], image.shape[0])).astype(int)
+    grid = np.mgrid[y0:y1, x0:x1][::-1].astype(np.float32)  # [2 (x, y), h, w] in image pixels
+    # the forward warp moves q to q + D(q); each output pixel p samples the q solving that
+    # (fixed-point iteration q <- p - D(q), which converges while D's slope stays below 1)
+    src = grid.copy()
+    for _ in range(4):
+        field = np.zeros_like(grid)
+        for point, disp, sigma in controls:
+            r2 = (src[0] - point[0]) ** 2 + (src[1] - point[1]) ** 2
+            field += disp[:, None, None].astype(np.float32) * np.exp(-r2 / (2 * sigma**2))
+        src = grid - field
+    out = image.copy()
+    out[y0:y1, x0:x1] = cv2.remap(image, src[0], src[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    gain = 1.0 + 0.25 * np.tanh(light)
+    return np.clip(out.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
 class WarpFaceGenerator:
     """codes [N, num_ws, dim] -> faces; `directions[name]` [num_ws, dim] are the true unit directions."""
 
@@ -67,7 +104,6 @@ class WarpFaceGenerator:
             d[layer] = _unit(rng, self.dim)
             self.directions[name] = d
         self.person_axes = np.stack([_unit(rng, self.dim) for _ in bases])  # [P, dim]
-        self._grid = np.mgrid[0:SIZE, 0:SIZE][::-1].astype(np.float32)      # [2 (x, y), H, W]
         self._landmarker = DlibLandmarker()
         self._embedder = IdentityEmbedder()
         self.base_identities = np.stack([self._embedder.embed(b.crop, b.landmarks) for b in bases])
@@ -82,35 +118,8 @@ class WarpFaceGenerator:
         c = np.asarray(codes, dtype=np.float32)
         people, smile, eyes, light = self.person(c), self._amount(c, "smile"), self._amount(c, "eyes"), \
             self._amount(c, "light")
-        return [self._render_one(self.bases[p], s, e, li) for p, s, e, li in zip(people, smile, eyes, light)]
-
-    def _render_one(self, base: Base, smile: float, eyes: float, light: float) -> npt.NDArray[np.uint8]:
-        lm = base.landmarks.astype(np.float64)
-        eye_a, eye_b = lm[36:42].mean(0), lm[42:48].mean(0)
-        iod = np.linalg.norm(eye_b - eye_a)
-        ex = (eye_b - eye_a) / iod
-        ey = np.array([-ex[1], ex[0]])  # down the face
-        # amounts saturate (tanh) so that no displacement exceeds ~0.6 sigma: the warp stays invertible
-        s, e = 2.0 * np.tanh(smile / 2.0), 2.0 * np.tanh(eyes / 2.0)
-        controls = []  # (point, displacement, sigma): a Gaussian bump of displacement around each point
-        for idx, side in ((48, -1.0), (54, 1.0)):
-            controls.append((lm[idx], iod * s * (0.05 * side * ex - 0.04 * ey), 0.2 * iod))
-        for idx in (37, 38, 43, 44):
-            controls.append((lm[idx], -0.025 * iod * e * ey, 0.08 * iod))
-        for idx in (40, 41, 46, 47):
-            controls.append((lm[idx], 0.012 * iod * e * ey, 0.08 * iod))
-        # the forward warp moves q to q + D(q); each output pixel p samples the q solving that
-        # (fixed-point iteration q <- p - D(q), which converges while D's slope stays below 1)
-        src = self._grid.copy()
-        for _ in range(4):
-            field = np.zeros_like(self._grid)
-            for point, disp, sigma in controls:
-                r2 = (src[0] - point[0]) ** 2 + (src[1] - point[1]) ** 2
-                field += disp[:, None, None].astype(np.float32) * np.exp(-r2 / (2 * sigma**2))
-            src = self._grid - field
-        image = cv2.remap(base.crop, src[0], src[1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        gain = 1.0 + 0.25 * np.tanh(light)
-        return np.clip(image.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+        return [warp_face(self.bases[p].crop, self.bases[p].landmarks, s, e, li)
+                for p, s, e, li in zip(people, smile, eyes, light)]
 
     def landmarks(self, codes: npt.ArrayLike) -> npt.NDArray[np.float32]:
         people = self.person(codes)

@@ -1,3 +1,5 @@
+import argparse
+
 import numpy as np
 import pytest
 import torch
@@ -8,6 +10,7 @@ from stream.edits.attributes import ATTRIBUTE_NAMES
 from stream.edits.directions import (Direction, discover_mean_difference, layer_mask, layers_from_norm,
                                      load_direction, load_directions, load_ganspace, save_directions,
                                      sefa_directions)
+from stream.edits.discover import contrast_extremes, discover_direction, quantile_bins, sample_generator
 from stream.edits.editor import LatentEdit, apply_edits
 from tests.reference_weights import DIRECTIONS, require
 from tests.synthetic_face import WarpFaceGenerator, load_bases
@@ -272,3 +275,73 @@ def test_discovered_direction_moves_its_attribute_most_and_keeps_identity(genera
     assert drift.max() < 0.6
     others = generator.base_identities
     assert drift.mean() < 0.5 * min(np.linalg.norm(others[i] - others[j]) for i, j in ((0, 1), (0, 2), (1, 2)))
+
+
+# ------------------------------------------------------------------ sampling a generator, and the command
+def test_contrast_extremes_and_quantile_bins():
+    values = np.array([5.0, 1.0, 3.0, 2.0, 4.0, 0.0])
+    labels, keep = contrast_extremes(values, 1 / 3)
+    assert np.flatnonzero(labels).tolist() == [0, 4] and np.flatnonzero(keep & ~labels).tolist() == [1, 5]
+    groups = np.array([0, 0, 0, 1, 1, 1])
+    labels, keep = contrast_extremes(values, 1 / 3, groups)
+    assert np.flatnonzero(labels).tolist() == [0, 4] and np.flatnonzero(keep & ~labels).tolist() == [1, 5]
+    assert quantile_bins(np.arange(9), 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    with pytest.raises(UserError):
+        contrast_extremes(values, 0.8)
+
+
+class _WarpAsLoadedGenerator:
+    """WarpFaceGenerator behind engines.LoadedGenerator's interface (mapping is the identity)."""
+
+    latent_avg = None
+
+    def __init__(self, warp: WarpFaceGenerator) -> None:
+        self.warp = warp
+        self.num_ws, self.style_dim = warp.num_ws, warp.dim
+
+    def mapping(self, z):
+        return z
+
+    def synthesis(self, wplus):
+        images = np.stack(self.warp.render(wplus)).astype(np.float32)
+        return images.transpose(0, 3, 1, 2) / 127.5 - 1.0
+
+
+@pytest.mark.slow
+def test_discover_direction_by_sampling_a_generator(generator):
+    samples = sample_generator(_WarpAsLoadedGenerator(generator), 48, truncation=1.0, batch=16)
+    assert len(samples.codes) >= 40 and samples.scores.shape == (len(samples.codes), len(ATTRIBUTE_NAMES))
+    d = discover_direction(samples, "smile", fraction=0.3, control=["eyes_open"], bins=2)
+    row = d.vector[0] / np.linalg.norm(d.vector[0])  # W sampling: every row is the same
+    smile_axis = generator.directions["smile"][generator.smile_layer]
+    eyes_axis = generator.directions["eyes"][generator.eyes_layer]
+    assert row @ smile_axis > 0.5 and row @ smile_axis > abs(row @ eyes_axis)
+    assert d.metadata["control"] == ["eyes_open"] and "within 2-quantile bins of eyes_open" in d.description
+    with pytest.raises(UserError, match="unknown attribute"):
+        discover_direction(samples, "age")
+    with pytest.raises(UserError, match="control"):
+        discover_direction(samples, "smile", control=["smile"])
+
+
+def test_directions_command_sefa_list_and_discover(tmp_path, capsys):
+    from engines.checkpoints import save_safetensors
+    from stream.commands import directions as command
+
+    g = _tiny_generator()
+    path = save_safetensors(g, tmp_path / "g.safetensors", "stylegan2-generator", g.config)
+    out = tmp_path / "d.safetensors"
+    assert command.run(argparse.Namespace(action="sefa", run_action=command._sefa, generator=path, out=out, k=2,
+                                          layers="coarse")) == 0
+    loaded = load_directions(out, g.num_ws)
+    assert set(loaded) == {"sefa0", "sefa1"} and loaded["sefa0"].layers == layer_mask("coarse", g.num_ws)
+    assert command.run(argparse.Namespace(action="list", run_action=command._list, file=out, num_ws=18)) == 0
+    assert "sefa1" in capsys.readouterr().out
+    assert command.run(argparse.Namespace(action="list", run_action=command._list,
+                                          file=require(DIRECTIONS / "smile.pt"), num_ws=18)) == 0
+    assert "[1, 512]" in capsys.readouterr().out
+    # a random generator makes no faces dlib can find: a clear error, not an empty direction
+    args = argparse.Namespace(action="discover", run_action=command._discover, generator=path, attribute="smile",
+                              out=out, name=None, samples=4, fraction=0.3, control=[], bins=3, layers="auto",
+                              truncation=0.7, seed=0)
+    with pytest.raises(UserError, match="no face"):
+        command.run(args)

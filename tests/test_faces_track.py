@@ -45,15 +45,54 @@ def test_two_faces_keep_their_ids_then_one_leaves_and_comes_back(detector):
     assert all(len(f) for f in seen)
 
 
-def test_ids_are_stable_and_landmarks_follow_the_face(detector):
-    frames = clip_frames("d12", limit=40)  # the fastest-moving clip
-    tracker = FaceTracker(detector, detect_every=10)
-    for frame in frames:
+@pytest.mark.slow
+def test_ids_are_stable_and_landmarks_follow_a_shaking_head(detector):
+    # d12, the fastest-moving clip: the head shakes by up to 50 px a frame around frames 95-111
+    frames = clip_frames("d12", limit=150)
+    tracker = FaceTracker(detector, detect_every=10, smoothing=False)
+    for i, frame in enumerate(frames):
         faces = tracker.update(frame)
-        assert [f.track_id for f in faces] == [0]
-        fresh = detector.detect(frame)
-        if fresh:  # the smoothed track stays on the detector's face
-            assert box_iou(faces[0].box, fresh[0].box) > 0.5
+        assert [f.track_id for f in faces] == [0], f"frame {i}"
+        fresh = detector.detect(frame) if i % 3 == 0 else []
+        if fresh:  # the tracked landmarks stay on the face the detector finds
+            error = np.linalg.norm(faces[0].landmarks - fresh[0].landmarks, axis=1).mean()
+            assert error < 0.5 * np.linalg.norm(fresh[0].landmarks.std(axis=0)), f"frame {i}: {error:.1f} px"
+
+
+class FivePointDetector:
+    """dlib boxes with insightface-style 5-point landmarks, like an insightface pack without 1k3d68.onnx."""
+
+    def __init__(self, detector: DlibDetector) -> None:
+        self.inner = detector
+
+    def detect(self, frame):
+        from stream.faces.align import landmarks5_from_68
+
+        faces = self.inner.detect(frame)
+        for face in faces:
+            face.landmarks = landmarks5_from_68(face.landmarks)
+        return faces
+
+
+def test_a_five_point_detector_gets_68_point_tracks(detector):
+    tracker = FaceTracker(FivePointDetector(detector))
+    for frame in clip_frames("d18", limit=12):
+        faces = tracker.update(frame)
+        assert [f.track_id for f in faces] == [0] and faces[0].landmarks.shape == (68, 2)
+
+
+def test_smoother_keeps_a_still_face_and_follows_a_moved_one():
+    from stream.faces.track import LandmarkSmoother
+    from tests.test_faces_align import synthetic_68
+
+    lm = synthetic_68()
+    lm[:36] += np.random.default_rng(0).normal(0, 5, size=(36, 2)).astype(np.float32)  # a face-like spread
+    smoother = LandmarkSmoother(unit=50.0)
+    for i in range(5):
+        assert np.allclose(smoother(lm, i / 30), lm, atol=1e-3)
+    moved = lm + np.float32(40.0)
+    out = [smoother(moved, (5 + i) / 30) for i in range(30)]
+    assert np.abs(out[-1] - moved).max() < 1.0
 
 
 def crop_jitter_and_lag(detector, clip: str) -> tuple[float, float, float]:
@@ -77,15 +116,10 @@ def crop_jitter_and_lag(detector, clip: str) -> tuple[float, float, float]:
     return jitter[False], jitter[True], float(shifts[int(np.argmin(errors))])
 
 
-# d11 and d12 move fast all the time (head turns while talking): most of their in-crop movement is real
-# motion, which a causal filter cannot remove without lagging, so they fall short of 2x (see bench/RESULTS.md)
-JITTER_FACTOR = {"d11": 1.2, "d12": 1.3}
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("clip", ["d0", "d11", "d12", "d13", "d18", "d19", "d20", "d3", "s18"])
 def test_smoothing_reduces_jitter(detector, clip):
     raw, smooth, lag = crop_jitter_and_lag(detector, clip)
-    assert raw / smooth >= JITTER_FACTOR.get(clip, 2.0), f"{clip}: jitter {raw:.5f} -> {smooth:.5f}"
+    assert raw / smooth >= 2.0, f"{clip}: jitter {raw:.5f} -> {smooth:.5f}"
     if clip == "d12":  # the fastest-moving clip (mean landmark speed 0.13 face sizes per frame)
         assert lag <= 1.0, f"{clip}: smoothed landmarks lag {lag:.2f} frames"

@@ -57,6 +57,14 @@ def test_export_safe_matches_fused(size: int, conv_clamp: float | None) -> None:
     assert float((safe - fused).abs().max()) <= 1e-5 * float(fused.abs().max())
 
 
+def test_export_safe_passes_gradients_to_wplus() -> None:
+    g = _randomised(Generator(**small_generator_config(16, width=16, style_dim=32)))
+    wplus = torch.randn(2, g.num_ws, 32, generator=torch.Generator().manual_seed(4), requires_grad=True)
+    (fused_grad,) = torch.autograd.grad(g.synthesis(wplus).square().mean(), wplus)
+    (safe_grad,) = torch.autograd.grad(g.export_safe()(wplus).square().mean(), wplus)
+    assert relative_l2(safe_grad.numpy(), fused_grad.numpy()) <= 1e-5
+
+
 def test_export_safe_has_only_constant_weights() -> None:
     g = _randomised(Generator(**small_generator_config(32, width=16, style_dim=32)))
     safe = g.export_safe()

@@ -129,11 +129,12 @@ def region_diff(a: Frame, b: Frame, region: tuple[slice, slice]) -> float:
     return float(np.abs(a[region].astype(np.int16) - b[region].astype(np.int16)).mean())
 
 
-def settle(page, edits: list[list[float | str]]) -> None:
-    """Wait until the server reports `edits` and a few frames more have gone out."""
+def settle(page, edits: list[list[float | str]], bypass: bool = False) -> None:
+    """Wait until the server reports `edits` (and `bypass`) and a few frames more have gone out."""
     deadline = time.monotonic() + 10
-    while page.evaluate("faceedit.stats().server.edits") != edits:
-        assert time.monotonic() < deadline, "the server did not apply the edit"
+    while (page.evaluate("faceedit.stats().server.edits") != edits
+           or page.evaluate("faceedit.stats().server.bypass") != bypass):
+        assert time.monotonic() < deadline, "the server did not apply the control"
         time.sleep(0.1)
     frames = page.evaluate("faceedit.stats().server.frames_out")
     while page.evaluate("faceedit.stats().server.frames_out") < frames + 4:
@@ -165,7 +166,7 @@ def test_edited_face_arrives_strength_and_view_show_in_pixels(browser, clip, pac
 
         page.evaluate("([name, strength]) => faceedit.setEdit(name, strength)", [name, 3])
         page.evaluate("faceedit.setView('before')")
-        time.sleep(1.5)
+        settle(page, [[name, 3]], bypass=True)
         before, source = grab(page, clip)
         face_before = region_diff(before, source, FACE)
         stats = page.evaluate("faceedit.stats()")

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import get_args
-
-from torch import nn
+from typing import TYPE_CHECKING, get_args
 
 from engines.backends.base import (
     BackendChoice,
@@ -25,6 +24,9 @@ from engines.backends.base import (
 )
 from engines.cache import EngineCache
 from engines.errors import MissingDependency, UserError
+
+if TYPE_CHECKING:
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,8 @@ def create_engine(model: nn.Module | str | Path, backend: BackendChoice = "auto"
     device defaults to cuda when the backend can use a visible GPU, else cpu. threads sets CPU intra-op
     threads (onnxruntime: per session; torch: process-wide).
     """
+    from torch import nn  # here: importing the protocol (engines.backends.base) stays free of torch
+
     if precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     is_module = isinstance(model, nn.Module)
@@ -126,7 +130,7 @@ def create_engine(model: nn.Module | str | Path, backend: BackendChoice = "auto"
 
 def _onnx_for(model: nn.Module | str | Path, input_specs: Mapping[str, tuple] | None,
               output_names: Sequence[str] | None, cache: EngineCache | None) -> Path:
-    if not isinstance(model, nn.Module):
+    if isinstance(model, (str, os.PathLike)):
         path = Path(model)
         if not path.is_file():
             raise UserError(f"{path}: ONNX file not found; export it with `python run_stream.py build-engines`")

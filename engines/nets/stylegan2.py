@@ -40,7 +40,8 @@ def small_generator_config(size: int = 64, width: int = 64, style_dim: int = 512
     halving per octave above that, never below `min_width`."""
     if size < 8 or size & (size - 1):
         raise ValueError(f"generator size must be a power of two >= 8, got {size}")
-    channels = {4 * 2**i: max(min_width, min(width, width * 32 // (4 * 2**i))) for i in range(int(math.log2(size)) - 1)}
+    resolutions = [2**i for i in range(2, int(math.log2(size)) + 1)]
+    channels = {res: max(min_width, min(width, width * 32 // res)) for res in resolutions}
     return {"size": size, "style_dim": style_dim, "n_mlp": n_mlp, "channels": channels}
 
 
@@ -75,21 +76,25 @@ def _upfirdn2d_ref(x: Tensor, kernel: Tensor, up: int, pad: tuple[int, int]) -> 
 
 
 def _upfirdn2d_conv(x: Tensor, kernel: Tensor, up: int, pad: tuple[int, int]) -> Tensor:
-    c, k = x.shape[1], kernel.shape[0]
-    if up == 1:
-        if pad[0] != pad[1]:
-            raise ValueError(f"conv FIR needs symmetric padding, got {pad}")
-        return F.conv2d(x, kernel.flip([0, 1])[None, None].expand(c, 1, k, k), padding=pad[0], groups=c)
-    # zero-insert + pad0 + flipped correlation == conv_transpose with unflipped taps, padding K-1-pad0
-    if pad[1] != pad[0] - up + 1:
+    if up == 1 and pad[0] != pad[1]:
+        raise ValueError(f"conv FIR needs symmetric padding, got {pad}")
+    if up > 1 and pad[1] != pad[0] - up + 1:
         raise ValueError(f"conv_transpose FIR needs pad1 == pad0 - up + 1, got {pad}")
-    return F.conv_transpose2d(x, kernel[None, None].expand(c, 1, k, k), stride=up, padding=k - 1 - pad[0], groups=c)
+    return fir_conv(x, fir_weight(kernel, x.shape[1], up), up, pad[0])
 
 
 def fir_weight(kernel: Tensor, channels: int, up: int) -> Tensor:
-    """Constant depthwise weight [C, 1, K, K] for the conv form of upfirdn2d (flipped for up=1)."""
+    """Constant depthwise weight [C, 1, K, K] for `fir_conv` (taps flipped for the plain conv)."""
     taps = kernel if up > 1 else kernel.flip([0, 1])
     return taps[None, None].repeat(channels, 1, 1, 1).contiguous()
+
+
+def fir_conv(x: Tensor, weight: Tensor, up: int, pad0: int) -> Tensor:
+    """upfirdn2d with a `fir_weight`: a depthwise conv (up=1), or for up>1 a depthwise conv_transpose,
+    since zero-insertion + pad0 + flipped correlation equals conv_transpose with padding K-1-pad0."""
+    if up == 1:
+        return F.conv2d(x, weight, padding=pad0, groups=x.shape[1])
+    return F.conv_transpose2d(x, weight, stride=up, padding=weight.shape[-1] - 1 - pad0, groups=x.shape[1])
 
 
 def fused_leaky_relu(x: Tensor, bias: Tensor, clamp: float | None = None) -> Tensor:
@@ -350,12 +355,12 @@ class _SafeModConv(nn.Module):
         s = self.modulation(w)  # [N, I]
         x = x * s[:, :, None, None]
         if self.upsample:
-            x = F.conv_transpose2d(x, self.weight, stride=2)
-            x = F.conv2d(x, self.blur_weight, padding=self.blur_pad, groups=x.shape[1])
+            x = fir_conv(F.conv_transpose2d(x, self.weight, stride=2), self.blur_weight, 1, self.blur_pad)
         else:
             x = F.conv2d(x, self.weight, padding=self.padding)
-        if self.demodulate:  # in place: x is this layer's fresh output (saves a large allocation at high res)
-            x = x.mul_(torch.rsqrt(s.square() @ self.weight_sq + 1e-8)[:, :, None, None])
+        if self.demodulate:
+            d = torch.rsqrt(s.square() @ self.weight_sq + 1e-8)[:, :, None, None]  # [N, O, 1, 1]
+            x = x * d if x.requires_grad else x.mul_(d)
         return x
 
 
@@ -368,7 +373,12 @@ class _SafeStyledConv(nn.Module):
         self.clamp = src.activate.clamp
 
     def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        x = F.leaky_relu(self.conv(x, w).add_(self.noise).add_(self.bias), 0.2, inplace=True).mul_(SQRT2)
+        x = self.conv(x, w)
+        if x.requires_grad:  # out of place keeps the tensors autograd saved
+            x = F.leaky_relu(x + self.noise + self.bias, 0.2) * SQRT2
+            return x if self.clamp is None else x.clamp(-self.clamp, self.clamp)
+        # in place on this layer's fresh output: no new large tensors at high resolution (CPU speed)
+        x = F.leaky_relu(x.add_(self.noise).add_(self.bias), 0.2, inplace=True).mul_(SQRT2)
         return x if self.clamp is None else x.clamp_(-self.clamp, self.clamp)
 
 
@@ -378,11 +388,9 @@ class _SafeToRGB(nn.Module):
         self.conv = _SafeModConv(src.conv)
         self.register_buffer("bias", src.bias.detach().clone())
         self.clamp = src.clamp
-        self.has_upsample = hasattr(src, "upsample")
-        if self.has_upsample:
+        if hasattr(src, "upsample"):
             self.register_buffer("up_weight", fir_weight(src.upsample.kernel, 3, up=src.upsample.factor))
-            self.up_stride = src.upsample.factor
-            self.up_pad = src.upsample.kernel.shape[0] - 1 - src.upsample.pad[0]
+            self.up_factor, self.up_pad0 = src.upsample.factor, src.upsample.pad[0]
 
     def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
         out = self.conv(x, w) + self.bias
@@ -390,7 +398,7 @@ class _SafeToRGB(nn.Module):
             out = out.clamp(-self.clamp, self.clamp)
         if skip is None:
             return out
-        return out + F.conv_transpose2d(skip, self.up_weight, stride=self.up_stride, padding=self.up_pad, groups=3)
+        return out + fir_conv(skip, self.up_weight, self.up_factor, self.up_pad0)
 
 
 class ExportSafeSynthesis(nn.Module):

@@ -58,7 +58,7 @@ def _print_direction(d) -> None:  # noqa: ANN001 - a Direction
 
     norms = np.linalg.norm(d.vector, axis=1)
     print(f"  {d.name:<14} layers {format_layers(d.layers):<10} strength {d.default_strength:<5g} "
-          f"norm {float(np.linalg.norm(d.vector[d.layers])):.3f}, 80% of it in {format_layers(layers_from_norm(d.vector))}"
+          f"norm per layer {float(norms[d.layers].mean()):.3f}, 80% of it in {format_layers(layers_from_norm(d.vector))}"
           f" (of {len(norms)})")
     if d.description:
         print(f"  {'':<14} {d.description}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 from pathlib import Path
 
 from engines.errors import UserError
@@ -110,7 +111,10 @@ def run(args: argparse.Namespace) -> int:
         context = ssl_context(options)
     except (OSError, ValueError) as err:
         raise UserError(f"--cert {options.cert} / --key {options.key}: cannot be loaded ({err})") from None
-    print(f"edits: {', '.join(model.edit_names) or 'none'}; open {page_url(options, options.port)}", flush=True)
+    url = page_url(options, options.port)
+    if options.host in ("0.0.0.0", "::"):  # listening on every interface: name one a browser can reach
+        url = url.replace(options.host if options.host == "0.0.0.0" else "[::]", socket.gethostname(), 1)
+    print(f"edits: {', '.join(model.edit_names) or 'none'}; open {url}", flush=True)
     try:
         web.run_app(app, host=options.host, port=options.port, ssl_context=context, print=None,
                     access_log=None, handle_signals=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 
 HELP = "train the demo model pack (encoder + small StyleGAN2) from face videos; resumable; --export writes it"
 
-_SHARED_FACES = Path(__file__).resolve().parents[3] / "shared" / "data" / "faces"
+_REPO = Path(__file__).resolve().parents[2]
+_SHARED_FACES = _REPO.parent / "shared" / "data" / "faces"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
     parser.add_argument("--export", type=Path, default=None,
                         help="after training, write the pack here (e.g. assets/demo_pack)")
+    parser.add_argument("--sheet", type=Path, default=_REPO / "bench" / "pack_contact_sheet.png",
+                        help="contact sheet PNG written with --export")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="bench/RESULTS.md to update with the measured numbers (with --export)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,10 +73,16 @@ def run(args: argparse.Namespace) -> int:
         print(f"step {state.step}, {state.seconds / 60:.1f} min trained: PSNR {last['psnr_heldout_frames']:.2f} dB "
               f"held-out frames, {last['psnr_heldout_clip']:.2f} dB held-out clip")
     if args.export is not None:
-        from training.export import export_pack
+        import json
 
-        card = export_pack(state, data, load_cache(crops_dir), args.export, args.run, argv_note=_command_line(args))
-        print(f"wrote {args.export} ({card})")
+        from training.export import export_pack
+        from training.model_card import write_results_section
+
+        card = export_pack(state, data, load_cache(crops_dir), args.export, args.run, _command_line(args), args.sheet)
+        print(f"wrote {args.export} ({card}), contact sheet {args.sheet}")
+        if args.results is not None:
+            metrics = json.loads((args.export / "metrics.json").read_text())
+            print(f"updated {write_results_section(args.results, metrics, None)}")
     return 0
 
 

@@ -239,8 +239,10 @@ def sefa_directions(generator: Any, k: int = 5, layers: str | Sequence[int] | No
     for rank, col in enumerate(order):
         v = eigenvectors[:, col]
         v = v * np.sign(v[np.argmax(np.abs(v))])  # an eigenvector's sign is arbitrary: fix one
+        vector = np.zeros((num_ws, v.shape[0]), np.float32)
+        vector[chosen] = v  # a SeFa direction belongs to the layers it was factorised from
         directions.append(Direction(
-            f"sefa{rank}", np.repeat(v[None].astype(np.float32), num_ws, axis=0), chosen, 3.0,
+            f"sefa{rank}", vector, chosen, 3.0,
             f"SeFa eigenvector {rank} (eigenvalue {eigenvalues[col]:.2f}) of layers {format_layers(chosen)}"))
     return directions
 

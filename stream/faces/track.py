@@ -27,12 +27,13 @@ log = logging.getLogger(__name__)
 # tests/test_faces_track.py (numbers in bench/RESULTS.md). The face's placement (FFHQ square: centre and
 # half-side vector, in units of the face's size) and its shape inside that square (crop fractions) are
 # filtered apart: a head that moves fast raises the placement's cutoff (no lag) without unlocking the
-# shape's, whose noise is what makes the aligned crop shimmer.
+# shape's, whose noise is what makes the aligned crop shimmer. The price: small, slow shape changes (a
+# mouth opening a little) lag 1.5-3.5 frames on the clips; fast ones pass through (shape beta).
 DEFAULT_MIN_CUTOFF = 1.0   # placement, Hz
 DEFAULT_BETA = 2.0         # placement, per (face size per second)
 DEFAULT_D_CUTOFF = 1.0
 SHAPE_MIN_CUTOFF = 0.5     # shape, Hz
-SHAPE_BETA = 4.0           # shape, per (crop side per second)
+SHAPE_BETA = 8.0           # shape, per (crop side per second)
 # A refined face whose spread changes this much in one frame has lost its face (occlusion, cut, exit).
 _MAX_SCALE_JUMP = 0.3
 # A track whose box overlaps its detection at least this much keeps its landmark-carried box: HOG boxes
@@ -142,7 +143,7 @@ class FaceTracker:
         self.smoothing = smoothing
         self.placement_filter = (min_cutoff, beta, d_cutoff)
         self.shape_filter = (shape_min_cutoff, shape_beta, d_cutoff)
-        OneEuroFilter(*self.placement_filter), OneEuroFilter(*self.shape_filter)  # validate now, not per track
+        LandmarkSmoother(1.0, self.placement_filter, self.shape_filter)  # bad parameters fail here, not per face
         self.fps = fps
         self._next_id = 0
         self.reset()
@@ -223,7 +224,8 @@ class FaceTracker:
 
     def _refine_all(self, frame: Frame) -> bool:
         """Refine every track; False when one looks lost (the caller then detects on this frame)."""
-        return all([self._refine(frame, track, check=True) for track in self._tracks])
+        refined = [self._refine(frame, track, check=True) for track in self._tracks]  # every track, no short cut
+        return all(refined)
 
     def _refine(self, frame: Frame, track: _Track, check: bool) -> bool:
         """Refine a track in place from the box its last landmarks imply, moved on by part of its last step.

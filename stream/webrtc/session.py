@@ -18,8 +18,9 @@ from collections.abc import Callable, Sequence
 import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
 from aiortc.mediastreams import MediaStreamError
+from av.video.reformatter import ColorRange, Colorspace
 
-from stream.media.frames import TimedFrame
+from stream.media.frames import TimedFrame, decoded_to_rgb, rgb_to_encoder
 from stream.realtime import FrameProcessor, LiveWorker
 
 log = logging.getLogger(__name__)
@@ -30,11 +31,12 @@ _session_ids = itertools.count(1)
 
 
 def to_timed(frame: av.VideoFrame) -> TimedFrame:
-    return TimedFrame(frame.to_ndarray(format="rgb24"), frame.pts, frame.time_base)
+    return TimedFrame(decoded_to_rgb(frame), frame.pts, frame.time_base)
 
 
 def to_video_frame(timed: TimedFrame, _source: av.VideoFrame) -> av.VideoFrame:
-    out = av.VideoFrame.from_ndarray(timed.image, format="rgb24").reformat(format="yuv420p")
+    """WebRTC's VP8/H.264 pictures are BT.601, limited range, 4:2:0."""
+    out = rgb_to_encoder(timed.image, "yuv420p", Colorspace.ITU601, ColorRange.MPEG)
     out.pts, out.time_base = timed.pts, timed.time_base
     return out
 

@@ -1,0 +1,121 @@
+"""From a trained autoencoder to the shipped pack: directions, measurements, contact sheet, files.
+
+Order: encode every crop with the EMA encoder; find the directions on the training frames; measure the
+reconstructions and every edit on frames the networks never saw (the held-out end of each seen clip,
+and the held-out clip); write the pack (stream.modelpack.save_pack), its MODEL_CARD.md, the contact sheet
+and the metrics JSON (which the card and bench/RESULTS.md are written from).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from stream.edits.attributes import IdentityEmbedder
+from stream.edits.directions import Direction
+from stream.edits.editor import LatentEdit, edit_offset
+from stream.modelpack import save_pack
+from training.data import ClipCrops, concat
+from training.directions import discover_directions, encode_all
+from training.edit_metrics import decode, evaluate_edits, teacher_edit, upsampled
+from training.losses import psnr
+from training.model_card import write_model_card
+from training.pack import PackData, TrainState
+from training.sheets import grid, save_png, stack
+
+log = logging.getLogger(__name__)
+
+CROP_SIZE = 256
+STRENGTHS = [-2.0, -1.0, 1.0, 2.0, 3.0]
+SHEET_STRENGTHS = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+
+
+def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
+    return idx[np.linspace(0, len(idx) - 1, min(count, len(idx))).round().astype(int)]
+
+
+def _psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray[np.float32],
+                           crops: npt.NDArray[np.uint8]) -> dict[str, dict[str, float]]:
+    """PSNR of G(E(x)) against x at the model's size, and of up(G(E(x))) against the 256 px crop."""
+    out = {}
+    for name, idx in (("train", _subsample(data.split.train, 300)), ("heldout_frames", data.split.heldout_frames),
+                      ("heldout_clip", data.split.heldout_clip)):
+        images = decode(state.generator_ema, codes[idx])
+        out[name] = {"faces": int(len(idx)),
+                     "psnr_model_size": float(psnr(torch.from_numpy(images), data.images[torch.from_numpy(idx)]).mean()),
+                     "psnr_crop_size": _psnr_uint8(upsampled(images, crops.shape[1]), crops[idx])}
+    return out
+
+
+def _pick_default(reports: dict[str, list[dict]], directions: list[Direction]) -> tuple[str, float]:
+    """The edit whose strength-1 change on held-out frames is largest relative to its training contrast."""
+    def effect(d: Direction) -> float:
+        row = next(r for r in reports["heldout_frames"] if r["edit"] == d.name and r["strength"] == 1.0)
+        return row["target_change"] / max(abs(d.metadata["score_gap"]), 1e-6)
+    best = max(directions, key=effect)
+    return best.name, 1.5
+
+
+def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
+               directions: list[Direction], rows: npt.NDArray[np.int64], row_labels: list[str]) -> npt.NDArray[np.uint8]:
+    """One block per edit: input, reconstruction, then the residual edit at each strength."""
+    g = state.generator_ema
+    base = decode(g, codes[rows])
+    recon = upsampled(base, crops.shape[1])
+    blocks = []
+    for d in directions:
+        columns = [crops[rows], recon]
+        for s in SHEET_STRENGTHS:
+            offset = edit_offset([LatentEdit(d, s)], d.num_ws, d.vector.shape[1])
+            columns.append(teacher_edit(g, crops[rows], codes[rows], offset, base))
+        cells = [[col[i] for col in columns] for i in range(len(rows))]
+        blocks.append(grid(cells, ["input", "G(E(x))"] + [f"{s:+g}" for s in SHEET_STRENGTHS], row_labels,
+                           title=f"{d.name} (layers {d.layers}): crop + up(G(w + s*d) - G(w))"))
+    return stack(blocks)
+
+
+def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_dir: Path, run_dir: Path,
+                argv_note: str, sheet_path: Path | None = None) -> Path:
+    """Write the pack to out_dir; returns the model card's path."""
+    t0 = time.monotonic()
+    crops, landmarks = concat(clips)
+    codes = encode_all(state.encoder_ema, data.images)
+    directions = discover_directions(codes, landmarks, data.split)
+    recon = reconstruction_metrics(state, data, codes, crops)
+    embedder = IdentityEmbedder()
+    reports = {}
+    for name, idx in (("heldout_frames", _subsample(data.split.heldout_frames, 60)),
+                      ("heldout_clip", _subsample(data.split.heldout_clip, 40))):
+        reports[name] = [r.row() for r in evaluate_edits(state.generator_ema, crops[idx], codes[idx], landmarks[idx],
+                                                         directions, STRENGTHS, embedder)]
+    default_edit = _pick_default(reports, directions)
+    names = data.split.clip_names
+    rows = np.concatenate([_subsample(data.split.heldout_frames, 5), _subsample(data.split.heldout_clip, 2)])
+    labels = [f"{names[data.split.clip_id[i]]} #{i}" for i in rows]
+    sheet = pack_sheet(state, crops, codes, directions, rows, labels)
+    sheet_path = sheet_path or out_dir.parents[1] / "bench" / "pack_contact_sheet.png"
+    save_png(sheet, sheet_path)
+    metrics = {"step": state.step, "train_minutes": round(state.seconds / 60, 1), "config": state.config.__dict__,
+               "faces": {"train": int(len(data.split.train)), "heldout_frames": int(len(data.split.heldout_frames)),
+                         "heldout_clip": int(len(data.split.heldout_clip)), "heldout_clip_name": state.config.holdout_clip,
+                         "clips": names},
+               "reconstruction": recon, "edits": reports,
+               "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},
+               "default_edit": list(default_edit), "command": argv_note,
+               "export_minutes": round((time.monotonic() - t0) / 60, 1)}
+    save_pack(out_dir, crop_size=CROP_SIZE, generator=state.generator_ema, encoder=state.encoder_ema,
+              directions=directions, default_edit=default_edit,
+              extra={"model_card": "MODEL_CARD.md", "trained_steps": state.step,
+                     "train_minutes": metrics["train_minutes"]})
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))
+    return write_model_card(out_dir / "MODEL_CARD.md", metrics, None)

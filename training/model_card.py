@@ -1,0 +1,108 @@
+"""MODEL_CARD.md for the demo pack and its "Demo pack" section of bench/RESULTS.md, written from the
+measured metrics (training/export.py and training/distill.py), so the numbers in prose are the numbers run."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+SECTION = "## Demo pack"
+
+
+def _edit_table(rows: list[dict]) -> list[str]:
+    lines = ["| edit | strength | own attribute change (pasted crop) | (decoded G only) | identity cosine | "
+             "other attributes' change | PSNR vs input |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        others = ", ".join(f"{k} {v:+.3f}" for k, v in r["other_changes"].items())
+        lines.append(f"| {r['edit']} | {r['strength']:+g} | {r['target_change']:+.4f} | {r['target_change_decoded']:+.4f} "
+                     f"| {r['identity_cosine']:.3f} | {others} | {r['psnr_vs_input']:.1f} dB |")
+    return lines
+
+
+def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) -> list[str]:
+    """The measured numbers as markdown (shared by the model card and bench/RESULTS.md)."""
+    rec = metrics["reconstruction"]
+    lines = ["### Reconstruction (EMA weights; PSNR of G(E(x)) against x)", "",
+             "| faces | n | PSNR at 64 px | PSNR of the up-sampled output vs the 256 px crop |", "|---|---|---|---|"]
+    for name, r in rec.items():
+        lines.append(f"| {name} | {r['faces']} | {r['psnr_model_size']:.2f} dB | {r['psnr_crop_size']:.2f} dB |")
+    lines += ["", "### Directions (within-clip mean difference, top vs bottom 30 % of each training clip)", "",
+              "| edit | layers (80 % of norm) | clips | score gap at strength 1 | per-layer norm |", "|---|---|---|---|---|"]
+    for name, d in metrics["directions"].items():
+        lines.append(f"| {name} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} | {d['layer_norm']} |")
+    for key, title in (("heldout_frames", "held-out frames of seen people"),
+                       ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
+        lines += ["", f"### Edits on {title}", "",
+                  "Attribute changes are landmark scores (stream/edits/attributes.py) of the edited crop minus the "
+                  "unedited crop, measured in the same box; 'score gap' above is the training contrast at strength 1.", ""]
+        lines += _edit_table(metrics["edits"][key])
+    if student:
+        lines += ["", f"### Distilled student ({student['edit']} at strength {student['strength']:g})", "",
+                  f"- ResidualStudent {student['config']}, {student['params'] / 1e6:.2f} M parameters, "
+                  f"{student['steps']} steps in {student['train_minutes']:.1f} min on "
+                  f"{student['pairs']} (crop, teacher) pairs at {student['size']} px.",
+                  f"- Student vs teacher PSNR: held-out frames {student['psnr_heldout_frames']:.2f} dB, held-out clip "
+                  f"{student['psnr_heldout_clip']:.2f} dB (identity, i.e. no edit, vs teacher: "
+                  f"{student['psnr_identity_heldout_frames']:.2f} / {student['psnr_identity_heldout_clip']:.2f} dB).",
+                  f"- Own attribute change, held-out frames: teacher {student['teacher_change_heldout_frames']:+.4f}, "
+                  f"student {student['student_change_heldout_frames']:+.4f}; held-out clip: teacher "
+                  f"{student['teacher_change_heldout_clip']:+.4f}, student {student['student_change_heldout_clip']:+.4f}.",
+                  f"- CPU, 1 thread, batch 1, 256 px crop: teacher (encoder + 2 x synthesis + residual) "
+                  f"{student['teacher_ms']:.1f} ms, student {student['student_ms']:.1f} ms: "
+                  f"speed ratio {student['teacher_ms'] / student['student_ms']:.1f}x."]
+    return lines
+
+
+def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any] | None) -> Path:
+    cfg = metrics["config"]
+    faces = metrics["faces"]
+    lines = [
+        "# Demo model pack (trained in this project)", "",
+        "A small W+ autoencoder (DemoEncoder + narrow StyleGAN2 synthesis) and three landmark-attribute edit "
+        "directions, trained from scratch on the CPU on nine short face clips. It exists so that the first run "
+        "shows a real edit with nothing downloaded. It is weak: judge it by the numbers and the contact sheet "
+        "(bench/pack_contact_sheet.png), not as a StyleGAN.", "",
+        "## Data",
+        f"- ../shared/data/faces: {len(faces['clips'])} clips ({', '.join(faces['clips'])}), one person each; "
+        "every frame aligned to the FFHQ crop (stream/faces, dlib HOG + 68 landmarks) at 256 px, down-sampled "
+        f"to {cfg['size']} px for the networks.",
+        f"- Training: {faces['train']} crops. Held out: the last {cfg['holdout_frac']:.0%} of each other clip "
+        f"({faces['heldout_frames']} frames) and the whole clip {faces['heldout_clip_name']} "
+        f"({faces['heldout_clip']} frames, an unseen person).", "",
+        "## Networks",
+        f"- generator.safetensors: StyleGAN2 (engines/nets/stylegan2.py) {cfg['size']} px, channels "
+        f"{cfg['generator']['channels']}, {2 * (cfg['size'].bit_length() - 1) - 2} W+ entries. Its mapping network "
+        "is untrained (the pack only uses synthesis from encoded codes).",
+        f"- encoder.safetensors: DemoEncoder {cfg['encoder']} (codes are W+ directly, no latent_avg).",
+        "- directions.safetensors: mouth_open, smile, eyes_open (training/directions.py).", "",
+        "## Training",
+        f"- Command: `{metrics['command']}`, then `--minutes 0 --export assets/demo_pack`.",
+        f"- {metrics['step']} steps, batch {cfg['batch']}, Adam lr {cfg['lr']:g} (warm-up {cfg['warmup_steps']} steps), "
+        f"EMA {cfg['ema_decay']}, L1 + (1 - SSIM) weighted towards the face, mouth and eyes; "
+        f"{metrics['train_minutes']} min of training steps on 1 shared CPU thread (plus evaluation and checkpoints).",
+        f"- Directions, measurements and export: {metrics['export_minutes']} min.", "",
+        "## Metrics", "", *metrics_markdown(metrics, student), "",
+        "## Limits",
+        "- Nine people: an unseen face inverts to a blurry, partly generic face (see the held-out clip's PSNR). "
+        "The runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the input's detail, so only the edit's "
+        "change comes from this generator.",
+        "- 64 px: eyes are a few pixels; small changes there are hard to render and to measure.",
+        "- Directions are averages over nine clips' expressions; they also move correlated attributes (the other "
+        "attributes' columns above show how much).",
+        "- No adversarial loss: the generator is a decoder, not a sampler; random z through its mapping gives noise.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_results_section(path: Path, metrics: dict[str, Any], student: dict[str, Any] | None) -> Path:
+    """Replace (or append) the '## Demo pack' section of bench/RESULTS.md, keeping every other section."""
+    body = "\n".join([SECTION, "", "Measured by `run_stream.py train-pack --export` and `run_stream.py distill` "
+                      "(assets/demo_pack/MODEL_CARD.md has the data and commands).", "",
+                      *metrics_markdown(metrics, student), ""])
+    text = path.read_text() if path.exists() else "# Results\n"
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+    text = pattern.sub(lambda _: body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
