@@ -98,7 +98,7 @@ def round_trip_psnr(frame: np.ndarray, size: int) -> tuple[float, float, bool]:
     return results[0], results[1], untouched
 
 
-def contact_sheet(out_path: Path, crop: int = 256) -> int:
+def contact_sheet(out_path: Path, crop: int = 192) -> int:
     import insightface
 
     image = cv2.imread(str(Path(insightface.__file__).parent / "data" / "images" / "t1.jpg"))
@@ -111,7 +111,7 @@ def contact_sheet(out_path: Path, crop: int = 256) -> int:
         tile5 = warp_to_crop(rgb, ffhq_affine(landmarks5_from_68(face.landmarks), crop), crop)
         tiles.append(np.vstack([tile, tile5]))
     sheet = np.hstack(tiles) if tiles else np.zeros((crop, crop, 3), np.uint8)
-    cv2.imwrite(str(out_path), np.ascontiguousarray(sheet[:, :, ::-1]))
+    cv2.imwrite(str(out_path), np.ascontiguousarray(sheet[:, :, ::-1]), [cv2.IMWRITE_PNG_COMPRESSION, 9])
     return len(faces)
 
 
