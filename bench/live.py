@@ -191,7 +191,11 @@ def _reading(runs: list[Run]) -> list[str]:
     p95 = student[0].glass_p95
     verdict = "met" if p95 <= 150 else "not met on this machine"
     return [(f"Target p95 <= 150 ms at 640x480 with the student: {p95:.0f} ms, {verdict}. The `none` rows are "
-            "the floor set by capture, VP8 both ways, jitter buffers and display on this machine."), ""]
+             "the floor set by capture, VP8 both ways and display on this machine. Between the server's own "
+             "latency and glass-to-glass lie the browser's encode/decode/render, which share the same two cores, "
+             "and the server's event loop waiting for the GIL while the worker thread runs dlib (event-loop lag "
+             "of tens of ms measured with dlib detecting in a thread): a worker process would remove the latter."),
+            ""]
 
 
 def _cpu_count() -> int:

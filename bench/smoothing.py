@@ -21,9 +21,9 @@ import argparse
 import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -32,14 +32,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.composite import face_mask  # noqa: E402
-from stream.edits.directions import Direction  # noqa: E402
-from stream.edits.smoothing import (DEFAULT_BETA, DEFAULT_MIN_CUTOFF, anchor_offline, make_code_smoother,  # noqa: E402
-                                    smooth_offline)
-from stream.faces.align import ffhq_affine, warp_to_crop  # noqa: E402
-from stream.faces.detect import DlibDetector  # noqa: E402
-from stream.faces.track import FaceTracker  # noqa: E402
-from stream.media.source import FileSource  # noqa: E402
+from stream.composite import face_mask
+from stream.edits.directions import Direction
+from stream.edits.smoothing import (
+    DEFAULT_BETA,
+    DEFAULT_MIN_CUTOFF,
+    anchor_offline,
+    make_code_smoother,
+    smooth_offline,
+)
+from stream.faces.align import ffhq_affine, warp_to_crop
+from stream.faces.detect import DlibDetector
+from stream.faces.track import FaceTracker
+from stream.media.source import FileSource
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -136,6 +141,11 @@ def track_clip(path: Path, size: int, max_frames: int | None) -> list[tuple[np.n
     return [(np.stack(c), np.array(t)) for c, t in segments if len(c) >= 2]
 
 
+def frame_count(path: Path) -> int:
+    with FileSource(path) as source:
+        return source.info.frames
+
+
 def batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
     return np.concatenate([fn(x[i:i + BATCH]) for i in range(0, len(x), BATCH)])
 
@@ -170,7 +180,6 @@ def variants() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
         f"causal One Euro min_cutoff {DEFAULT_MIN_CUTOFF:g}, beta {DEFAULT_BETA:g} (default)":
             causal(DEFAULT_MIN_CUTOFF, DEFAULT_BETA),
         "causal default + identity anchor 0.5": causal(DEFAULT_MIN_CUTOFF, DEFAULT_BETA, 0.5),
-        "centred Gaussian sigma 1.5 frames": centred(1.5),
         "centred Gaussian sigma 3 frames": centred(3.0),
         "centred sigma 3 + identity anchor 0.5": centred(3.0, 0.5),
     }
@@ -195,6 +204,33 @@ def write_section(text: str) -> None:
     RESULTS.write_text(new)
 
 
+def report(model: Model, names: list[str], frames: int, totals: dict[str, np.ndarray],
+           per_clip: dict[str, dict[str, float]], elapsed: float) -> str:
+    """The Edits section for the clips measured so far."""
+    off = totals["off"]
+    about = (f"Produced by `bench/smoothing.py {' '.join(sys.argv[1:])}` "
+             f"({time.strftime('%Y-%m-%d')}): whole clips {', '.join(names)} from ../shared/data/faces, "
+             f"{frames} face frames. Model: **{model.name}**; edit strength {model.strength:.3g}. Per frame: "
+             "FaceTracker (dlib, detection every 10 frames, One Euro landmarks) -> FFHQ crop "
+             f"{model.crop_size} px -> encoder -> W+ -> smoothing variant -> edited crop = crop + G(w') - G(w) "
+             "(residual resized to the crop). Measured on the aligned crops inside the feathered face mask, "
+             "summed over all clips: **flicker** = mean |edited_t - edited_t-1| / mean |crop_t - crop_t-1| "
+             "(1.0 = the edit adds no temporal noise); **residual jitter** = mean |R_t - R_t-1| / mean |R_t|, "
+             "R = G(w') - G(w); **edit kept** = mean |R| / that of the unsmoothed run. Numbers, never asserted.")
+    about += (" **Added flicker left** = (flicker - 1) / (that of the unsmoothed run - 1): the share of the "
+              "temporal noise the edit adds that survives the smoothing.")
+    lines = [SECTION, "", about, "",
+             "| smoothing | flicker | added flicker left | residual jitter | edit kept | flicker per clip ("
+             + ", ".join(names) + ") |", "|---|---|---|---|---|---|"]
+    off_added = off[1] / off[0] - 1.0
+    for name, s in totals.items():
+        clips = ", ".join(f"{per_clip[c][name]:.3f}" for c in names)
+        left = (s[1] / s[0] - 1.0) / off_added if off_added > 0 else float("nan")
+        lines.append(f"| {name} | {s[1] / s[0]:.4f} | {left:.2f} | {s[2] / s[3]:.4f} | {s[3] / off[3]:.3f} | {clips} |")
+    lines += ["", f"Wall time {elapsed / 60:.1f} min on a 2-core machine shared with other jobs.", ""]
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pack", type=Path, default=None, help="demo pack folder (default: random weights)")
@@ -211,7 +247,8 @@ def main() -> int:
     cv2.setNumThreads(1)
 
     model = pack_model(args.pack, args.edit) if args.pack else random_model(args.residual, args.checkpoint)
-    names = args.clips or sorted(p.stem for p in FACES.glob("*.mp4"))
+    # shortest clips first, so that an interrupted run has measured whole clips
+    names = args.clips or [p.stem for p in sorted(FACES.glob("*.mp4"), key=frame_count)]
     mask = face_mask(model.crop_size)
     runs = variants()
     totals = {name: np.zeros(4) for name in runs}        # summed over clips
@@ -236,30 +273,10 @@ def main() -> int:
         print(f"{clip}: {clip_frames} face frames in {len(segments)} segment(s); flicker off "
               f"{per_clip[clip]['off']:.3f}, best {min(per_clip[clip].values()):.3f}; edit size "
               f"{base[3] / max(clip_frames, 1):.2f}", flush=True)
+        if args.write:  # after every clip, so that a long run leaves what it measured
+            write_section(report(model, list(per_clip), frames, totals, per_clip, time.perf_counter() - started))
     elapsed = time.perf_counter() - started
-
-    off = totals["off"]
-    lines = [SECTION, "",
-             f"Produced by `bench/smoothing.py {' '.join(sys.argv[1:])}` "
-             f"({time.strftime('%Y-%m-%d')}): whole clips {', '.join(names)} from ../shared/data/faces, "
-             f"{frames} face frames. Model: **{model.name}**; edit strength {model.strength:.3g}. Per frame: "
-             "FaceTracker (dlib, detection every 10 frames, One Euro landmarks) -> FFHQ crop "
-             f"{model.crop_size} px -> encoder -> W+ -> smoothing variant -> edited crop = crop + G(w') - G(w) "
-             "(residual resized to the crop). Measured on the aligned crops inside the feathered face mask, "
-             "summed over all clips: **flicker** = mean |edited_t - edited_t-1| / mean |crop_t - crop_t-1| "
-             "(1.0 = the edit adds no temporal noise); **residual jitter** = mean |R_t - R_t-1| / mean |R_t|, "
-             "R = G(w') - G(w); **edit kept** = mean |R| / that of the unsmoothed run. Numbers, never asserted.",
-             "", "| smoothing | flicker | residual jitter | edit kept | flicker per clip (" +
-             ", ".join(names) + ") |", "|---|---|---|---|---|"]
-    for name, s in totals.items():
-        clips = ", ".join(f"{per_clip[c][name]:.2f}" for c in names)
-        lines.append(f"| {name} | {s[1] / s[0]:.3f} | {s[2] / s[3]:.3f} | {s[3] / off[3]:.3f} | {clips} |")
-    lines += ["", f"Wall time {elapsed / 60:.1f} min on a 2-core machine shared with other jobs.", ""]
-    text = "\n".join(lines)
-    print(text)
-    if args.write:
-        write_section(text)
-        print(f"wrote the {SECTION!r} section of {RESULTS}")
+    print(report(model, names, frames, totals, per_clip, elapsed))
     return 0
 
 

@@ -139,10 +139,10 @@ def paste_back(frame: Frame, edited_crop: Crop, original_crop: Crop, affine: Aff
     warped = cv2.warpAffine(layer, to_roi, dsize, flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
     region = frame[y0:y1, x0:x1].astype(np.float32)
-    if blend == "delta":
-        blended = region + warped_mask * warped
-    else:
-        blended = region + warped_mask * (warped - region)
-    blended = np.clip(np.rint(blended), 0, 255).astype(np.uint8)
-    out[y0:y1, x0:x1] = np.where(warped_mask > 0, blended, frame[y0:y1, x0:x1])
+    if blend == "replace":
+        warped -= region
+    warped *= warped_mask
+    # cv2.add with an 8-bit result rounds to nearest and saturates, in one pass; where the warped mask is 0
+    # the layer is exactly 0, so those pixels come back as their own bytes
+    out[y0:y1, x0:x1] = cv2.add(region, warped, dtype=cv2.CV_8U)
     return out

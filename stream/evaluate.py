@@ -25,8 +25,13 @@ import numpy as np
 import numpy.typing as npt
 
 from engines.errors import UserError
-from stream.edits.attributes import (ATTRIBUTE_NAMES, SAME_PERSON_DISTANCE, IdentityEmbedder, cosine_similarity,
-                                     landmark_attributes)
+from stream.edits.attributes import (
+    ATTRIBUTE_NAMES,
+    SAME_PERSON_DISTANCE,
+    IdentityEmbedder,
+    cosine_similarity,
+    landmark_attributes,
+)
 from stream.types import Face, Frame
 
 log = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from stream.edits.attributes import IdentityEmbedder, attribute_matrix
-from stream.faces.align import ffhq_affine, transform_points, warp_to_crop
+from stream.faces.align import ffhq_affine, warp_to_crop
 from stream.faces.detect import DlibDetector, DlibLandmarker
 from stream.media.source import FileSource
 from tests.reference_weights import FACES, require

@@ -2,9 +2,16 @@ import numpy as np
 import pytest
 
 from engines.errors import UserError
-from stream.edits.attributes import (ATTRIBUTE_NAMES, SAME_PERSON_DISTANCE, IdentityEmbedder, attribute_matrix,
-                                     canonical_landmarks, cosine_similarity, euclidean_distance,
-                                     landmark_attributes)
+from stream.edits.attributes import (
+    ATTRIBUTE_NAMES,
+    SAME_PERSON_DISTANCE,
+    IdentityEmbedder,
+    attribute_matrix,
+    canonical_landmarks,
+    cosine_similarity,
+    euclidean_distance,
+    landmark_attributes,
+)
 from tests.reference_weights import FACES, require
 
 

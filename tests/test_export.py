@@ -81,6 +81,7 @@ def test_export_matches_torch_at_static_shapes(tmp_path, batch):
     check_tensorrt_compatible(path)  # noise is a constant, convs have initializer weights
 
 
+@pytest.mark.slow  # the first dynamo export in a process costs ~10 s of torch.export set-up
 def test_dynamo_exporter_is_selectable(tmp_path):
     pytest.importorskip("onnxscript")
     path = export_onnx(TinyNet(), tiny_inputs(), tmp_path / "d.onnx", output_names=["out"], exporter="dynamo")

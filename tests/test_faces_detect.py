@@ -55,6 +55,7 @@ def test_dlib_model_files_are_found():
     assert dlib_model_path("shape_predictor_68_face_landmarks.dat").stat().st_size > 1_000_000
 
 
+@pytest.mark.slow
 def test_every_face_of_the_group_photo_is_found():
     # six people; dlib needs one pyramid up-step for the smallest of them
     faces = DlibDetector(upsample=1, max_side=None).detect(group_photo())

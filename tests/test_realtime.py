@@ -375,3 +375,35 @@ def test_serve_options_token_tls_and_limits(tmp_path) -> None:
         options_from_args(serve_args("--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem")))
     with pytest.raises(UserError, match="--max-peers"):
         options_from_args(serve_args("--max-peers", "0"))
+
+
+def test_tls_serves_the_page_over_https(tmp_path) -> None:
+    import datetime
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(now).not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    (tmp_path / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                         serialization.NoEncryption()))
+    options = ServeOptions(port=0, cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")
+    server = ServerThread(create_app(options, Recorder, []), options).start()
+    try:
+        assert server.url.startswith("https://127.0.0.1:")
+        context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
+        context.check_hostname = False
+        with urllib.request.urlopen(server.url + "config", context=context) as response:
+            assert json.loads(response.read())["edits"] == []
+    finally:
+        server.stop()

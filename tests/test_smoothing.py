@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 
 from engines.errors import UserError
-from stream.edits.smoothing import (CodeSmoother, IdentityAnchor, OneEuroParams, anchor_offline, gaussian_weights,
-                                    make_code_smoother, smooth_offline)
+from stream.edits.smoothing import (
+    CodeSmoother,
+    IdentityAnchor,
+    OneEuroParams,
+    anchor_offline,
+    gaussian_weights,
+    make_code_smoother,
+    smooth_offline,
+)
 
 FPS = 30.0
 

@@ -223,7 +223,7 @@ def train(state: TrainState, data: PackData, run_dir: Path, minutes: float, chec
         state.step += 1
         steps_done += 1
         state.seconds += time.monotonic() - t0
-        stats = {"loss": float(loss), **parts, "grad_norm": grad_norm, "sec_per_step": time.monotonic() - t0}
+        stats = {"loss": float(loss.detach()), **parts, "grad_norm": grad_norm, "sec_per_step": time.monotonic() - t0}
         if on_step is not None:
             on_step(state, stats)
         if time.monotonic() - last_save > checkpoint_minutes * 60:

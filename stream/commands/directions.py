@@ -18,6 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lister = sub.add_parser("list", help="show the directions in a file (.safetensors, .pt, .npy, GANSpace .pt)")
     lister.add_argument("file", type=Path, nargs="?", default=None,
                         help="directions file (default: the demo pack's directions)")
+    lister.add_argument("--pack", type=Path, default=None, help="model pack whose directions to list when no FILE "
+                                                                 "is given (default: assets/demo_pack)")
     lister.add_argument("--num-ws", type=int, default=18, help="W+ entries to expand 1-row files to (default 18)")
     lister.set_defaults(run_action=_list)
 
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     return int(args.run_action(args))
 
 
-def _print_direction(d) -> None:  # noqa: ANN001 - a Direction
+def _print_direction(d) -> None:
     from stream.edits.directions import format_layers, layers_from_norm
 
     norms = np.linalg.norm(d.vector, axis=1)
@@ -69,9 +71,9 @@ def _list(args: argparse.Namespace) -> int:
 
     path = args.file
     if path is None:
-        from stream.modelpack import load_pack
+        from stream.modelpack import DEFAULT_PACK, load_pack
 
-        path = load_pack().directions
+        path = load_pack(args.pack or DEFAULT_PACK).directions
     print(path)
     if path.suffix == ".safetensors":
         for d in load_directions(path).values():

@@ -110,7 +110,7 @@ class IdentityEmbedder:
             raise UserError(f"identity descriptor needs dlib's 68 points, got shape {list(lm.shape)}")
         x0, y0 = np.floor(lm.min(axis=0)).astype(int)
         x1, y1 = np.ceil(lm.max(axis=0)).astype(int)
-        points = self._dlib.points([self._dlib.point(int(round(x)), int(round(y))) for x, y in lm])
+        points = self._dlib.points([self._dlib.point(int(np.rint(x)), int(np.rint(y))) for x, y in lm])
         shape = self._dlib.full_object_detection(self._dlib.rectangle(int(x0), int(y0), int(x1), int(y1)), points)
         image = np.ascontiguousarray(frame, dtype=np.uint8)
         return np.asarray(self._model.compute_face_descriptor(image, shape, self.num_jitters), dtype=np.float32)

@@ -46,7 +46,8 @@ _NAMED_RANGES = {"coarse": (0, 4), "middle": (4, 8), "fine": (8, _REFERENCE_NUM_
 class Direction:
     """A named direction in W+: `vector` [num_ws, 512] float32, acting on `layers` by default.
 
-    `default_strength` is the strength that shows the attribute clearly (what a UI's 1.0 maps to)."""
+    `default_strength` is the strength that shows the attribute clearly (what a UI's 1.0 maps to);
+    `metadata` holds JSON-serialisable extras (how it was made), saved with it by save_directions."""
 
     name: str
     vector: FloatArray
@@ -62,7 +63,7 @@ class Direction:
         bad = [i for i in self.layers if not 0 <= i < self.num_ws]
         if bad:
             raise UserError(f"direction {self.name!r}: layers {bad} outside 0-{self.num_ws - 1}")
-        self.layers = sorted(set(int(i) for i in self.layers))
+        self.layers = sorted({int(i) for i in self.layers})
 
     @property
     def num_ws(self) -> int:
@@ -73,7 +74,7 @@ class Direction:
 def _named_range(name: str, num_ws: int) -> range:
     lo, hi = _NAMED_RANGES[name]
     scale = num_ws / _REFERENCE_NUM_WS
-    return range(int(round(lo * scale)), num_ws if hi == _REFERENCE_NUM_WS else int(round(hi * scale)))
+    return range(int(np.rint(lo * scale)), num_ws if hi == _REFERENCE_NUM_WS else int(np.rint(hi * scale)))
 
 
 def layer_mask(spec: str | Sequence[int] | None, num_ws: int) -> list[int]:
@@ -82,7 +83,7 @@ def layer_mask(spec: str | Sequence[int] | None, num_ws: int) -> list[int]:
     if spec is None:
         return list(range(num_ws))
     if not isinstance(spec, str):
-        layers = sorted(set(int(i) for i in spec))
+        layers = sorted({int(i) for i in spec})
         bad = [i for i in layers if not 0 <= i < num_ws]
         if bad:
             raise UserError(f"layers {bad} outside 0-{num_ws - 1} (this generator has {num_ws} W+ entries)")
@@ -115,8 +116,8 @@ def layers_from_norm(vector: npt.ArrayLike, fraction: float = 0.8) -> list[int]:
         raise UserError(f"fraction {fraction} must be in (0, 1]")
     energy = (v**2).sum(axis=1)
     total = energy.sum()
-    if total == 0:
-        return list(range(v.shape[0]))
+    if total == 0 or np.ptp(energy) <= 1e-6 * energy.max():
+        return list(range(v.shape[0]))  # a W direction (equal rows) lives in every layer alike
     order = np.argsort(-energy, kind="stable")
     count = int(np.searchsorted(np.cumsum(energy[order]) / total, fraction - 1e-9) + 1)
     return sorted(int(i) for i in order[:count])
@@ -334,7 +335,7 @@ def load_directions(path: str | os.PathLike, num_ws: int | None = None) -> dict[
     try:
         with safe_open(str(p), framework="numpy") as f:
             meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
+            tensors = {name: f.get_tensor(name) for name in list(f.keys())}
     except SafetensorError as err:
         raise UserError(f"{p}: not a readable safetensors file ({err})") from None
     if meta.get("format") != DIRECTIONS_FORMAT:

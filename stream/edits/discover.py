@@ -111,7 +111,7 @@ def contrast_extremes(values: npt.ArrayLike, fraction: float, groups: npt.ArrayL
     for group in np.unique(g):
         member = np.flatnonzero(g == group)
         order = member[np.argsort(v[member], kind="stable")]
-        k = max(1, int(round(fraction * len(order)))) if len(order) >= 2 else 0
+        k = max(1, int(np.rint(fraction * len(order)))) if len(order) >= 2 else 0
         if k == 0:
             continue
         labels[order[-k:]] = True
@@ -143,4 +143,4 @@ def discover_direction(samples: AttributeSamples, attribute: str, fraction: floa
         contrast += f" within {bins}-quantile bins of {', '.join(control)}"
     return Direction(name or attribute, vector, chosen, 1.0,
                      f"mean difference over {len(samples.codes)} generated faces: {contrast}",
-                     {"attribute": attribute, "samples": int(len(samples.codes)), "control": list(control)})
+                     {"attribute": attribute, "samples": len(samples.codes), "control": list(control)})

@@ -23,8 +23,9 @@ from stream.edits.directions import layer_mask
 from stream.filters import OneEuroFilter
 from stream.types import WPlus
 
-# One Euro defaults for W+ codes (values of order 1, moving at a few units per second when a face
-# talks): bench/smoothing.py measured these on the shared clips (see the Edits section of bench/RESULTS.md).
+# One Euro defaults for W+ codes (values of order 1, moving at a few units per second when a face talks):
+# 1 Hz cutoff when still, raised by beta as the code moves to limit the lag; bench/smoothing.py compares
+# them with other settings on the shared clips (the Edits section of bench/RESULTS.md).
 DEFAULT_MIN_CUTOFF = 1.0
 DEFAULT_BETA = 0.3
 DEFAULT_D_CUTOFF = 1.0

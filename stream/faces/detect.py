@@ -65,7 +65,7 @@ class DlibLandmarker:
     def refine(self, frame: Frame, box: Box) -> Landmarks68:
         """68 landmarks [68, 2] float32 in frame pixels for the face in `box` (a dlib-HOG-like box)."""
         x0, y0, x1, y1 = (round(v) for v in box)
-        shape = self._predictor(frame, self._dlib.rectangle(x0, y0, x1, y1))
+        shape = self._predictor(np.ascontiguousarray(frame), self._dlib.rectangle(x0, y0, x1, y1))
         return np.array([(p.x, p.y) for p in shape.parts()], dtype=np.float32)
 
 

@@ -192,7 +192,7 @@ def page_url(options: ServeOptions, port: int) -> str:
 
 
 class ServerThread:
-    """Runs the app on its own event loop in a background thread (tests, benchmarks, the camera-free demo).
+    """Runs the app on its own event loop in a background thread (tests and bench/live.py).
 
     `port=0` in the options picks a free port; `url` is the page's address once started.
     """

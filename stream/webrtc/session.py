@@ -13,7 +13,8 @@ import itertools
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 import av
 from aiortc import MediaStreamTrack, RTCDataChannel, RTCPeerConnection
@@ -100,14 +101,16 @@ class PeerSession:
         self._on_closed = on_closed
         self.closed = asyncio.Event()
         self._closing = False
+        self._has_input = False
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_state)
 
     # --- aiortc events ------------------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind != "video":
-            return
+        if track.kind != "video" or self._has_input:
+            return  # audio, or a second camera: one video in, one edited video out
+        self._has_input = True
         self.pc.addTrack(self.output)
         self._spawn(self._pull(track))
         track.on("ended", lambda: self._spawn(self.close()))
@@ -125,11 +128,11 @@ class PeerSession:
             await self.close()
 
     # --- tasks --------------------------------------------------------------------------------------
-    def _spawn(self, coro: object) -> None:
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         if self._closing:
-            coro.close()  # type: ignore[attr-defined]
+            coro.close()
             return
-        task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
+        task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 

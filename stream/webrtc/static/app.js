@@ -93,7 +93,13 @@
     track.contentHint = "motion";
     const sender = pc.addTrack(track, state.stream);
     const remote = $("remote");
-    pc.ontrack = (event) => { remote.srcObject = event.streams[0] || new MediaStream([event.track]); };
+    pc.ontrack = (event) => {
+      // The server already keeps only the newest frame, so its output is irregular by design; a jitter
+      // buffer would answer that irregularity with seconds of smoothing delay. Show frames as they decode.
+      if ("playoutDelayHint" in event.receiver) event.receiver.playoutDelayHint = 0;
+      if ("jitterBufferTarget" in event.receiver) event.receiver.jitterBufferTarget = 0;
+      remote.srcObject = event.streams[0] || new MediaStream([event.track]);
+    };
     pc.onconnectionstatechange = () => {
       if (pc.connectionState === "failed") setStatus("connection failed");
     };
