@@ -18,11 +18,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>/dev/null
 "$PY" -c "import torch; print('torch', torch.__version__, 'CUDA', torch.version.cuda)" | tee -a "$OUT/gpu.txt"
 status=0
 
-# 1. GPU tests (pytest -m gpu); test modules need onnx + onnxruntime to import
+# 1. GPU tests (pytest -m gpu). The engine tests need onnx + onnxruntime; modules whose other imports
+#    (dlib, av, ...) are missing on a bare machine are reported as collection errors and the rest still run.
 if "$PY" -c "import pytest, onnx, onnxruntime" 2>/dev/null; then
-    timeout 240 "$PY" -m pytest -m gpu -q -p no:cacheprovider tests/ 2>&1 | tee "$OUT/gpu_tests.txt"
+    timeout 240 "$PY" -m pytest -m gpu -q -rs -p no:cacheprovider --continue-on-collection-errors tests/ \
+        2>&1 | tee "$OUT/gpu_tests.txt"
     status=${PIPESTATUS[0]}
-    [ "$status" -eq 5 ] && status=0  # 5: no tests collected (every GPU test lives in a skipped module)
+    [ "$status" -eq 5 ] && status=0  # 5: no tests collected
 else
     echo "pytest/onnx/onnxruntime missing: pytest -m gpu skipped (gpu_bench.py still checks parity)" | tee "$OUT/gpu_tests.txt"
 fi

@@ -119,9 +119,9 @@ def main() -> int:
               f"batch 1; median of {args.runs} runs after {args.warmup} warm-up, CUDA-event device time, "
               "random weights."),
              f"Floor = MACs at the dense FP16 tensor-core peak ({peak or 'unknown'} TFLOP/s, spec sheet).",
-             "GMAC from torch's FlopCounterMode, which counts a stride-2 transposed conv at its input resolution "
+             ("GMAC from torch's FlopCounterMode, which counts a stride-2 transposed conv at its input resolution "
              "(the work cuDNN does): 75 GMAC for the 1024 generator; the often-quoted ~142 GMAC counts those "
-             "up-convs at their output resolution.", "",
+             "up-convs at their output resolution."), "",
              "| network | GMAC | mode | median ms | achieved TFLOP/s | floor ms | rel L2 vs FP32 CPU |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, build, input_name, shape in networks():

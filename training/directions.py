@@ -4,7 +4,8 @@ DESIGN.md's probes found that a mean difference over all crops encodes who is in
 lit. Here each training clip contributes its own contrast between its `frac` highest- and lowest-scoring
 frames (equal counts, same person, same light), and the per-clip differences are averaged
 (stream.edits.directions.discover_mean_difference with groups). The mask is put where the vector's norm
-lies (layers_from_norm), and strength 1.0 is the whole within-clip difference between the two groups.
+lies (layers_from_norm). The vector is the whole within-clip difference between the two groups (vector
+strength 1); `default_strength` is the vector strength a user's 1.0 maps to (stream.pipeline multiplies).
 """
 from __future__ import annotations
 
@@ -63,7 +64,7 @@ def contrast_groups(scores: npt.NDArray[np.float64], clip_id: npt.NDArray[np.int
 
 def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[np.float32] | Landmarks68,
                         split: Split, names: tuple[str, ...] = EDIT_NAMES, frac: float = 0.3,
-                        norm_fraction: float = 0.8) -> list[Direction]:
+                        norm_fraction: float = 0.8, default_strength: float = 1.0) -> list[Direction]:
     """One Direction per attribute from the training frames' codes [N, num_ws, D] and landmarks [N, 68, 2]."""
     scores = attribute_scores(landmarks)
     out = []
@@ -76,7 +77,7 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
         energy = (vector.astype(np.float64) ** 2).sum(1)
         log.info("%s: layers %s hold %.0f%% of the norm; per-layer norm %s", name, layers,
                  100 * energy[layers].sum() / energy.sum(), np.round(np.sqrt(energy), 2).tolist())
-        out.append(Direction(name, vector, layers, 1.0, _DESCRIPTIONS.get(name, ""),
+        out.append(Direction(name, vector, layers, default_strength, _DESCRIPTIONS.get(name, ""),
                              {"method": "within-clip mean difference", "frac": frac, "clips": len(np.unique(groups)),
                               "samples": int(len(idx)), "score_gap": round(gap, 4),
                               "layer_norm": [round(float(v), 4) for v in np.sqrt(energy)]}))

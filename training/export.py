@@ -31,8 +31,11 @@ from training.sheets import grid, save_png, stack
 log = logging.getLogger(__name__)
 
 CROP_SIZE = 256
-STRENGTHS = [-2.0, -1.0, 1.0, 2.0, 3.0]
-SHEET_STRENGTHS = [-2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
+STRENGTHS = [-2.0, 1.0, 2.0, 3.0, 4.0]
+SHEET_STRENGTHS = [-2.0, 0.0, 1.0, 2.0, 3.0, 4.0]
+# the residual paste-back carries about a third of the decoded change (measured: training/edit_metrics),
+# so the UI strength 1.0 (Direction.default_strength, in units of the vector) sits where the pasted change is clearly visible
+DEFAULT_STRENGTH = 3.0
 
 
 def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
@@ -63,7 +66,7 @@ def _pick_default(reports: dict[str, list[dict]], directions: list[Direction]) -
         row = next(r for r in reports["heldout_frames"] if r["edit"] == d.name and r["strength"] == 1.0)
         return row["target_change"] / max(abs(d.metadata["score_gap"]), 1e-6)
     best = max(directions, key=effect)
-    return best.name, 1.5
+    return best.name, 1.0
 
 
 def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
@@ -84,18 +87,18 @@ def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArr
     return stack(blocks)
 
 
-def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_dir: Path, run_dir: Path,
-                argv_note: str, sheet_path: Path | None = None) -> Path:
+def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_dir: Path, argv_note: str,
+                sheet_path: Path | None = None) -> Path:
     """Write the pack to out_dir; returns the model card's path."""
     t0 = time.monotonic()
     crops, landmarks = concat(clips)
     codes = encode_all(state.encoder_ema, data.images)
-    directions = discover_directions(codes, landmarks, data.split)
+    directions = discover_directions(codes, landmarks, data.split, default_strength=DEFAULT_STRENGTH)
     recon = reconstruction_metrics(state, data, codes, crops)
     embedder = IdentityEmbedder()
     reports = {}
-    for name, idx in (("heldout_frames", _subsample(data.split.heldout_frames, 60)),
-                      ("heldout_clip", _subsample(data.split.heldout_clip, 40))):
+    for name, idx in (("heldout_frames", _subsample(data.split.heldout_frames, 40)),
+                      ("heldout_clip", _subsample(data.split.heldout_clip, 30))):
         reports[name] = [r.row() for r in evaluate_edits(state.generator_ema, crops[idx], codes[idx], landmarks[idx],
                                                          directions, STRENGTHS, embedder)]
     default_edit = _pick_default(reports, directions)
@@ -111,7 +114,7 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
                          "clips": names},
                "reconstruction": recon, "edits": reports,
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},
-               "default_edit": list(default_edit), "command": argv_note,
+               "default_edit": list(default_edit), "default_strength": DEFAULT_STRENGTH, "command": argv_note,
                "export_minutes": round((time.monotonic() - t0) / 60, 1)}
     save_pack(out_dir, crop_size=CROP_SIZE, generator=state.generator_ema, encoder=state.encoder_ema,
               directions=directions, default_edit=default_edit,

@@ -10,7 +10,7 @@ SECTION = "## Demo pack"
 
 
 def _edit_table(rows: list[dict]) -> list[str]:
-    lines = ["| edit | strength | own attribute change (pasted crop) | (decoded G only) | identity cosine | "
+    lines = ["| edit | vector strength | own attribute change (pasted crop) | (decoded G only) | identity cosine | "
              "other attributes' change | PSNR vs input |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         others = ", ".join(f"{k} {v:+.3f}" for k, v in r["other_changes"].items())
@@ -34,10 +34,12 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
                        ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
         lines += ["", f"### Edits on {title}", "",
                   "Attribute changes are landmark scores (stream/edits/attributes.py) of the edited crop minus the "
-                  "unedited crop, measured in the same box; 'score gap' above is the training contrast at strength 1.", ""]
+                  "unedited crop, measured in the same box; 'score gap' above is the training contrast at vector strength 1. "
+                  "Strengths are in units of the direction vector; the pipeline's strength 1.0 is vector strength "
+                  f"{metrics.get('default_strength', 1.0):g} (the directions' default_strength).", ""]
         lines += _edit_table(metrics["edits"][key])
     if student:
-        lines += ["", f"### Distilled student ({student['edit']} at strength {student['strength']:g})", "",
+        lines += ["", f"### Distilled student ({student['edit']} at pipeline strength {student['strength']:g})", "",
                   f"- ResidualStudent {student['config']}, {student['params'] / 1e6:.2f} M parameters, "
                   f"{student['steps']} steps in {student['train_minutes']:.1f} min on "
                   f"{student['pairs']} (crop, teacher) pairs at {student['size']} px.",

@@ -45,7 +45,7 @@ def evaluate_student(student: ResidualStudent, config: DistillConfig, generator:
             stud, _ = measure(landmarker, predicted[sub], landmarks[idx][sub])
             out[f"teacher_change_{name}"] = float((teach - base)[:, k].mean())
             out[f"student_change_{name}"] = float((stud - base)[:, k].mean())
-    offset = edit_offset([LatentEdit(direction, config.strength)], direction.num_ws, direction.vector.shape[1])
+    offset = edit_offset([LatentEdit(direction, config.strength * direction.default_strength)], direction.num_ws, direction.vector.shape[1])
     out["teacher_ms"], out["student_ms"] = cpu_speed(student, generator, encoder, crops[split.heldout_clip[0]], offset)
     out["threads"] = torch.get_num_threads()
     log.info("student: %s", {k: v for k, v in out.items() if k != "config"})

@@ -21,7 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--run", type=Path, required=True,
                         help="train-pack run folder (its crops/ cache and split); pairs are cached here")
     parser.add_argument("--edit", default=None, help="edit to distil (default: the pack's default edit)")
-    parser.add_argument("--strength", type=float, default=None, help="strength to distil at (default: the pack's)")
+    parser.add_argument("--strength", type=float, default=None,
+                        help="strength to distil at, in the pipeline's units (x the direction's default_strength; "
+                             "default: the pack's default edit strength)")
     parser.add_argument("--minutes", type=float, default=10.0, help="student training wall time")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (tests)")
     parser.add_argument("--width", type=int, default=32)
@@ -66,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     if pairs_path.exists():
         targets = np.load(pairs_path)
     else:
-        targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 128], directions[edit], strength)
+        targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 128], directions[edit],
+                                             strength * directions[edit].default_strength)
                                   for i in tqdm(range(0, len(crops), 128), desc="teacher pairs", unit="batch")])
         np.save(pairs_path, targets)
     config = DistillConfig(edit, strength, width=args.width, depth=args.depth, batch=args.batch)

@@ -78,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
         from training.export import export_pack
         from training.model_card import write_results_section
 
-        card = export_pack(state, data, load_cache(crops_dir), args.export, args.run, _command_line(args), args.sheet)
+        card = export_pack(state, data, load_cache(crops_dir), args.export, _command_line(args), args.sheet)
         print(f"wrote {args.export} ({card}), contact sheet {args.sheet}")
         if args.results is not None:
             metrics = json.loads((args.export / "metrics.json").read_text())
