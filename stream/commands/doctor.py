@@ -15,10 +15,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engines.backends import resolve_backend
     from stream.doctor import run_checks
 
     checks = run_checks(args.face_models, args.pack)
     width = max(len(check.name) for check in checks)
     for check in checks:
         print(f"{'ok ' if check.ok else 'no '} {check.name:<{width}}  {check.detail}")
+    backend, reason = resolve_backend("auto", have_module=True, precision="fp32")
+    print(f"\n--backend auto picks: {backend} ({reason})")
     return 0
