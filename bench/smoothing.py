@@ -10,7 +10,8 @@ anchor on the fine layers). Measured on the aligned crops, inside the feathered 
 - flicker: mean |edited_t - edited_t-1| over mean |crop_t - crop_t-1| (1.0: the edit adds no temporal noise);
 - residual jitter: mean |R_t - R_t-1| over mean |R_t| with R = G(w') - G(w), the edit's own frame-to-frame
   change relative to its size;
-- edit kept: mean |R| relative to the unsmoothed run (smoothing must not wash the edit out).
+- edit kept: mean |R| relative to the unsmoothed run (smoothing must not wash the edit out);
+- lag: the delay (frames) that best aligns the smoothed codes with the raw ones.
 Frames without a face split a clip into segments, each smoothed and measured on its own.
 Models: the demo pack (--pack) or, by default, a random-weight 64 px generator and encoder (say which in
 the results). Writes the "## Edits" section of bench/RESULTS.md with --write (other sections kept).
@@ -179,10 +180,19 @@ def variants() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:
         "causal One Euro min_cutoff 0.5, beta 0.3": causal(0.5, 0.3),
         f"causal One Euro min_cutoff {DEFAULT_MIN_CUTOFF:g}, beta {DEFAULT_BETA:g} (default)":
             causal(DEFAULT_MIN_CUTOFF, DEFAULT_BETA),
+        "causal One Euro min_cutoff 1, beta 3": causal(1.0, 3.0),
+        "causal One Euro min_cutoff 2, beta 1": causal(2.0, 1.0),
         "causal default + identity anchor 0.5": causal(DEFAULT_MIN_CUTOFF, DEFAULT_BETA, 0.5),
         "centred Gaussian sigma 3 frames": centred(3.0),
         "centred sigma 3 + identity anchor 0.5": centred(3.0, 0.5),
     }
+
+
+def lag_frames(raw: np.ndarray, smoothed: np.ndarray, max_shift: int = 8) -> int:
+    """The delay (frames) that best aligns a smoothed code sequence with the raw one (0: no lag)."""
+    a, b = raw.reshape(len(raw), -1), smoothed.reshape(len(smoothed), -1)
+    errors = [np.abs(b[k:] - a[:len(a) - k]).mean() for k in range(min(max_shift, len(a) - 2) + 1)]
+    return int(np.argmin(errors))
 
 
 def measure(crops: np.ndarray, resid: np.ndarray, mask: np.ndarray) -> tuple[float, float, float, float]:
@@ -218,15 +228,18 @@ def report(model: Model, names: list[str], frames: int, totals: dict[str, np.nda
              "(1.0 = the edit adds no temporal noise); **residual jitter** = mean |R_t - R_t-1| / mean |R_t|, "
              "R = G(w') - G(w); **edit kept** = mean |R| / that of the unsmoothed run. Numbers, never asserted.")
     about += (" **Added flicker left** = (flicker - 1) / (that of the unsmoothed run - 1): the share of the "
-              "temporal noise the edit adds that survives the smoothing.")
+              "temporal noise the edit adds that survives the smoothing (a ratio of small numbers: below 0 when "
+              "the smoothed edit also evens out some of the input's own change). **Lag** = the delay in frames "
+              "that best aligns the smoothed code sequence with the raw one, frame-weighted mean over clips.")
     lines = [SECTION, "", about, "",
-             "| smoothing | flicker | added flicker left | residual jitter | edit kept | flicker per clip ("
-             + ", ".join(names) + ") |", "|---|---|---|---|---|---|"]
+             "| smoothing | flicker | added flicker left | residual jitter | edit kept | lag (frames) | "
+             "flicker per clip (" + ", ".join(names) + ") |", "|---|---|---|---|---|---|---|"]
     off_added = off[1] / off[0] - 1.0
     for name, s in totals.items():
         clips = ", ".join(f"{per_clip[c][name]:.3f}" for c in names)
         left = (s[1] / s[0] - 1.0) / off_added if off_added > 0 else float("nan")
-        lines.append(f"| {name} | {s[1] / s[0]:.4f} | {left:.2f} | {s[2] / s[3]:.4f} | {s[3] / off[3]:.3f} | {clips} |")
+        lines.append(f"| {name} | {s[1] / s[0]:.4f} | {left:.2f} | {s[2] / s[3]:.4f} | {s[3] / off[3]:.3f} | "
+                     f"{s[4] / max(frames, 1):.1f} | {clips} |")
     lines += ["", f"Wall time {elapsed / 60:.1f} min on a 2-core machine shared with other jobs.", ""]
     return "\n".join(lines)
 
@@ -251,7 +264,7 @@ def main() -> int:
     names = args.clips or [p.stem for p in sorted(FACES.glob("*.mp4"), key=frame_count)]
     mask = face_mask(model.crop_size)
     runs = variants()
-    totals = {name: np.zeros(4) for name in runs}        # summed over clips
+    totals = {name: np.zeros(5) for name in runs}        # summed over clips (the last: lag x frames)
     per_clip: dict[str, dict[str, float]] = {}
     frames = 0
     started = time.perf_counter()
@@ -259,13 +272,15 @@ def main() -> int:
         segments = track_clip(FACES / f"{clip}.mp4", model.crop_size, args.max_frames)
         clip_frames = sum(len(c) for c, _ in segments)
         frames += clip_frames
-        clip_sums = {name: np.zeros(4) for name in runs}
+        clip_sums = {name: np.zeros(5) for name in runs}
         for crops, times in segments:
             x = crops if model.encoder_size == model.crop_size else np.stack(
                 [cv2.resize(c, (model.encoder_size,) * 2, interpolation=cv2.INTER_AREA) for c in crops])
             codes = batched(model.encode, (x.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0))
             for name, smooth in runs.items():
-                clip_sums[name] += measure(crops, residuals(model, smooth(codes, times).astype(np.float32)), mask)
+                smoothed = smooth(codes, times).astype(np.float32)
+                clip_sums[name] += (*measure(crops, residuals(model, smoothed), mask),
+                                    lag_frames(codes, smoothed) * len(codes))
         for name in runs:
             totals[name] += clip_sums[name]
         base = clip_sums["off"]

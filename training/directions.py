@@ -4,7 +4,9 @@ DESIGN.md's probes found that a mean difference over all crops encodes who is in
 lit. Here each training clip contributes its own contrast between its `frac` highest- and lowest-scoring
 frames (equal counts, same person, same light), and the per-clip differences are averaged
 (stream.edits.directions.discover_mean_difference with groups). The mask is put where the vector's norm
-lies (layers_from_norm). The vector is the whole within-clip difference between the two groups (vector
+lies (layers_from_norm), and the direction is localised: its first-order effect on the image's colours
+outside the edit's face part (mouth or eyes) is projected out (localise), which removes the colour and
+light casts the probes saw while keeping ~90 % of its norm. The vector is the whole within-clip difference between the two groups (vector
 strength 1); `default_strength` is the vector strength a user's 1.0 maps to (stream.pipeline multiplies).
 """
 from __future__ import annotations
@@ -14,12 +16,15 @@ import logging
 import numpy as np
 import numpy.typing as npt
 import torch
+from torch.nn import functional as F
 
 from engines.nets.encoders import DemoEncoder
+from engines.nets.stylegan2 import Generator
 from stream.edits.attributes import ATTRIBUTE_NAMES, attribute_matrix
 from stream.edits.directions import Direction, discover_mean_difference, layers_from_norm
 from stream.types import Landmarks68
 from training.data import Split
+from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -62,16 +67,73 @@ def contrast_groups(scores: npt.NDArray[np.float64], clip_id: npt.NDArray[np.int
     return np.concatenate(idx), np.concatenate(labels), np.concatenate(groups)
 
 
+# The face part each edit should change, as the landmark indices that outline it.
+_REGIONS = {"mouth_open": slice(48, 68), "smile": slice(48, 68), "eyes_open": slice(36, 48)}
+
+
+def part_box(landmarks: npt.NDArray[np.float32], edit: str, crop_size: int, margin: float = 0.06) -> tuple[float, ...]:
+    """Box (x0, y0, x1, y1), fractions of the crop, around the edit's face part over all given faces."""
+    pts = landmarks[:, _REGIONS[edit]].reshape(-1, 2) / crop_size
+    lo, hi = np.percentile(pts, 2, axis=0) - margin, np.percentile(pts, 98, axis=0) + margin
+    return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
+
+
+def outside_jacobian(generator: Generator, codes: npt.NDArray[np.float32], box: tuple[float, ...],
+                     pool: int) -> npt.NDArray[np.float64]:
+    """Mean Jacobian [K, num_ws * D] of the image's colours averaged over the cells of a pool x pool grid
+    that lie outside `box`, with respect to the code, over codes [B, num_ws, D]."""
+    w = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32)).requires_grad_()
+    cells = F.adaptive_avg_pool2d(synthesize(generator, w), pool).sum(0)  # [3, pool, pool]
+    edges = np.arange(pool + 1) / pool
+    rows = []
+    for i in range(pool):
+        for j in range(pool):
+            inside = edges[j] < box[2] and edges[j + 1] > box[0] and edges[i] < box[3] and edges[i + 1] > box[1]
+            if not inside:
+                rows += [torch.autograd.grad(cells[c, i, j], w, retain_graph=True)[0].sum(0).flatten() / len(codes)
+                         for c in range(3)]
+    return torch.stack(rows).double().numpy()
+
+
+def localise(vector: npt.NDArray[np.float32], layers: list[int], jacobian: npt.NDArray[np.float64]) -> npt.NDArray[np.float32]:
+    """The vector with its masked rows moved off (to first order) every change outside the edit's part.
+
+    A mean difference of codes also carries whatever else differs between the two groups: colour, light,
+    head pose (the probes' colour casts). An expression changes the mouth or the eyes, so the component of
+    the direction that changes the image's colours away from that part is projected out."""
+    rows, dim = vector.shape
+    mask = np.zeros((rows, dim), bool)
+    mask[layers] = True
+    basis, _ = np.linalg.qr(jacobian[:, mask.reshape(-1)].T)  # [masked, K] orthonormal
+    part = vector[layers].reshape(-1).astype(np.float64)
+    out = vector.copy()
+    out[layers] = (part - basis @ (basis.T @ part)).reshape(len(layers), dim).astype(np.float32)
+    return out
+
+
 def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[np.float32] | Landmarks68,
                         split: Split, names: tuple[str, ...] = EDIT_NAMES, frac: float = 0.3,
-                        norm_fraction: float = 0.8, default_strength: float = 1.0) -> list[Direction]:
-    """One Direction per attribute from the training frames' codes [N, num_ws, D] and landmarks [N, 68, 2]."""
+                        norm_fraction: float = 0.8, default_strength: float = 1.0,
+                        generator: Generator | None = None, crop_size: int = 256, pool: int = 8) -> list[Direction]:
+    """One Direction per attribute from the training frames' codes [N, num_ws, D] and landmarks [N, 68, 2].
+
+    With `generator`, each direction is localised to its face part (localise; pool 0: not)."""
     scores = attribute_scores(landmarks)
+    sample = codes[split.train[:: max(1, len(split.train) // 16)]]
+    jacobians: dict[tuple[float, ...], npt.NDArray[np.float64]] = {}
     out = []
     for name in names:
         idx, labels, groups = contrast_groups(scores[name], split.clip_id, split.train, frac)
         vector = discover_mean_difference(codes[idx], labels, groups)
         layers = layers_from_norm(vector, norm_fraction)
+        box = part_box(landmarks[split.train], name, crop_size)
+        if generator is not None and pool:
+            if box not in jacobians:
+                jacobians[box] = outside_jacobian(generator, sample, box, pool)
+            before = float(np.linalg.norm(vector[layers]))
+            vector = localise(vector, layers, jacobians[box])
+            log.info("%s: localising to %s kept %.0f%% of the masked norm", name, np.round(box, 2).tolist(),
+                     100 * np.linalg.norm(vector[layers]) / before)
         gap = float(np.mean([scores[name][idx[(groups == g) & labels]].mean()
                              - scores[name][idx[(groups == g) & ~labels]].mean() for g in np.unique(groups)]))
         energy = (vector.astype(np.float64) ** 2).sum(1)
@@ -79,6 +141,6 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
                  100 * energy[layers].sum() / energy.sum(), np.round(np.sqrt(energy), 2).tolist())
         out.append(Direction(name, vector, layers, default_strength, _DESCRIPTIONS.get(name, ""),
                              {"method": "within-clip mean difference", "frac": frac, "clips": len(np.unique(groups)),
-                              "samples": int(len(idx)), "score_gap": round(gap, 4),
+                              "samples": len(idx), "score_gap": round(gap, 4), "localised_pool": pool if generator is not None else 0, "part_box": [round(v, 3) for v in box],
                               "layer_norm": [round(float(v), 4) for v in np.sqrt(energy)]}))
     return out

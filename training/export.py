@@ -31,11 +31,12 @@ from training.sheets import grid, save_png, stack
 log = logging.getLogger(__name__)
 
 CROP_SIZE = 256
-STRENGTHS = [-2.0, 1.0, 2.0, 3.0, 4.0]
-SHEET_STRENGTHS = [-2.0, 0.0, 1.0, 2.0, 3.0, 4.0]
-# the residual paste-back carries about a third of the decoded change (measured: training/edit_metrics),
+STRENGTHS = [-3.0, 2.0, 4.0, 6.0]
+SHEET_STRENGTHS = [-3.0, 0.0, 2.0, 4.0, 6.0]
+# the residual paste-back carries about a third of the decoded change and the localised directions are
+# gentle (measured by training/edit_metrics on a checkpoint of this recipe),
 # so the UI strength 1.0 (Direction.default_strength, in units of the vector) sits where the pasted change is clearly visible
-DEFAULT_STRENGTH = 3.0
+DEFAULT_STRENGTH = 4.0
 
 
 def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
@@ -54,16 +55,16 @@ def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray
     for name, idx in (("train", _subsample(data.split.train, 300)), ("heldout_frames", data.split.heldout_frames),
                       ("heldout_clip", data.split.heldout_clip)):
         images = decode(state.generator_ema, codes[idx])
-        out[name] = {"faces": int(len(idx)),
+        out[name] = {"faces": len(idx),
                      "psnr_model_size": float(psnr(torch.from_numpy(images), data.images[torch.from_numpy(idx)]).mean()),
                      "psnr_crop_size": _psnr_uint8(upsampled(images, crops.shape[1]), crops[idx])}
     return out
 
 
 def _pick_default(reports: dict[str, list[dict]], directions: list[Direction]) -> tuple[str, float]:
-    """The edit whose strength-1 change on held-out frames is largest relative to its training contrast."""
+    """The edit whose change at the first positive strength on held-out frames is largest relative to its training contrast."""
     def effect(d: Direction) -> float:
-        row = next(r for r in reports["heldout_frames"] if r["edit"] == d.name and r["strength"] == 1.0)
+        row = next(r for r in reports["heldout_frames"] if r["edit"] == d.name and r["strength"] == STRENGTHS[1])
         return row["target_change"] / max(abs(d.metadata["score_gap"]), 1e-6)
     best = max(directions, key=effect)
     return best.name, 1.0
@@ -93,7 +94,8 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
     t0 = time.monotonic()
     crops, landmarks = concat(clips)
     codes = encode_all(state.encoder_ema, data.images)
-    directions = discover_directions(codes, landmarks, data.split, default_strength=DEFAULT_STRENGTH)
+    directions = discover_directions(codes, landmarks, data.split, default_strength=DEFAULT_STRENGTH,
+                                     generator=state.generator_ema, crop_size=crops.shape[1])
     recon = reconstruction_metrics(state, data, codes, crops)
     embedder = IdentityEmbedder()
     reports = {}
@@ -109,8 +111,8 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
     sheet_path = sheet_path or out_dir.parents[1] / "bench" / "pack_contact_sheet.png"
     save_png(sheet, sheet_path)
     metrics = {"step": state.step, "train_minutes": round(state.seconds / 60, 1), "config": state.config.__dict__,
-               "faces": {"train": int(len(data.split.train)), "heldout_frames": int(len(data.split.heldout_frames)),
-                         "heldout_clip": int(len(data.split.heldout_clip)), "heldout_clip_name": state.config.holdout_clip,
+               "faces": {"train": len(data.split.train), "heldout_frames": len(data.split.heldout_frames),
+                         "heldout_clip": len(data.split.heldout_clip), "heldout_clip_name": state.config.holdout_clip,
                          "clips": names},
                "reconstruction": recon, "edits": reports,
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},

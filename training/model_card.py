@@ -26,8 +26,10 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
              "| faces | n | PSNR at 64 px | PSNR of the up-sampled output vs the 256 px crop |", "|---|---|---|---|"]
     for name, r in rec.items():
         lines.append(f"| {name} | {r['faces']} | {r['psnr_model_size']:.2f} dB | {r['psnr_crop_size']:.2f} dB |")
-    lines += ["", "### Directions (within-clip mean difference, top vs bottom 30 % of each training clip)", "",
-              "| edit | layers (80 % of norm) | clips | score gap at strength 1 | per-layer norm |", "|---|---|---|---|---|"]
+    lines += ["", "### Directions (within-clip mean difference, top vs bottom 30 % of each training clip, localised to "
+              "the mouth / eyes: change outside that part projected out)", "",
+              "| edit | layers (80 % of norm) | clips | score gap at strength 1 | per-layer norm (before localising) |",
+              "|---|---|---|---|---|"]
     for name, d in metrics["directions"].items():
         lines.append(f"| {name} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} | {d['layer_norm']} |")
     for key, title in (("heldout_frames", "held-out frames of seen people"),
@@ -78,7 +80,7 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         f"- encoder.safetensors: DemoEncoder {cfg['encoder']} (codes are W+ directly, no latent_avg).",
         "- directions.safetensors: mouth_open, smile, eyes_open (training/directions.py).", "",
         "## Training",
-        f"- Command: `{metrics['command']}`, then `--minutes 0 --export assets/demo_pack`.",
+        f"- Command (resumable; its last call, which resumed the checkpoint and exported): `{metrics['command']}`.",
         f"- {metrics['step']} steps, batch {cfg['batch']}, Adam lr {cfg['lr']:g} (warm-up {cfg['warmup_steps']} steps), "
         f"EMA {cfg['ema_decay']}, L1 + (1 - SSIM) weighted towards the face, mouth and eyes; "
         f"{metrics['train_minutes']} min of training steps on 1 shared CPU thread (plus evaluation and checkpoints).",
@@ -103,7 +105,7 @@ def write_results_section(path: Path, metrics: dict[str, Any], student: dict[str
                       "(assets/demo_pack/MODEL_CARD.md has the data and commands).", "",
                       *metrics_markdown(metrics, student), ""])
     text = path.read_text() if path.exists() else "# Results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.M | re.S)
+    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
     text = pattern.sub(lambda _: body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

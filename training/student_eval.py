@@ -63,4 +63,4 @@ def student_sheet(student: ResidualStudent, crops: npt.NDArray[np.uint8], target
     cells = [[crops[i], targets[i], predicted[j], diff[j], half[j], more[j]] for j, i in enumerate(rows)]
     labels = [f"{split.clip_names[split.clip_id[i]]} #{i}" for i in rows]
     cols = ["input", f"teacher {strength:g}", f"student {strength:g}", "4x |t - s|", "student x0.5", "student x1.5"]
-    return save_png(grid(cells, cols, labels, title=f"distilled student vs teacher (held-out faces)"), path)
+    return save_png(grid(cells, cols, labels, title="distilled student vs teacher (held-out faces)"), path)

@@ -84,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                                                 on_step, args.max_steps)
     result = evaluate_student(student, config, generator.module, encoder.module, directions[edit], crops, targets,
                               landmarks, split)
-    result.update({"steps": steps, "train_minutes": seconds / 60, "pairs": int(len(split.train)),
+    result.update({"steps": steps, "train_minutes": seconds / 60, "pairs": len(split.train),
                    "size": int(crops.shape[1])})
     print(f"student vs teacher PSNR: held-out frames {result['psnr_heldout_frames']:.2f} dB, held-out clip "
           f"{result['psnr_heldout_clip']:.2f} dB; CPU {result['teacher_ms']:.1f} ms (teacher) vs "
