@@ -16,7 +16,9 @@ FacesMode = Literal["all", "largest"]
 FACES_MODES: tuple[str, ...] = get_args(FacesMode)
 ModelPath = Literal["auto", "student", "gan"]
 MODEL_PATHS: tuple[str, ...] = get_args(ModelPath)
-Smoothing = Literal["centred", "causal", "off"]
+# causal One Euro per face track (stream/edits/smoothing.py); a centred look-ahead filter for files
+# (smooth_offline) needs a two-pass job and is not wired in yet
+Smoothing = Literal["causal", "off"]
 SMOOTHINGS: tuple[str, ...] = get_args(Smoothing)
 
 _EDIT = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import get_args
 
-from stream.config import FACES_MODES, MODEL_PATHS, SMOOTHINGS, FileJobConfig
+from engines.backends.base import BackendChoice
+from stream.config import DETECTOR_NAMES, FACES_MODES, MODEL_PATHS, SMOOTHINGS, FileJobConfig
 from stream.media.sink import CODECS
 from stream.modelpack import DEFAULT_PACK
 
@@ -18,7 +20,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", choices=MODEL_PATHS, default="auto",
                         help="student (distilled, fast) or gan (encoder + generator); auto: the student when "
                              "the pack has one for every edit")
-    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+    parser.add_argument("--backend", default="auto", choices=get_args(BackendChoice),
                         help="inference backend (auto: TensorRT, then ONNX Runtime, then PyTorch)")
     parser.add_argument("--faces", choices=FACES_MODES, default="all", help="edit every face or only the largest")
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (best) to 51 (default 18)")
@@ -46,7 +48,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", choices=CODECS, default="h264",
                         help="h264 (libx264, lossy) or lossless (RGB, bit-exact; large files)")
     parser.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
-    parser.add_argument("--detector", choices=("dlib", "insightface"), default="dlib", help="face detector")
+    parser.add_argument("--detector", choices=DETECTOR_NAMES, default="dlib", help="face detector")
     parser.add_argument("--face-models", type=Path, metavar="DIR", help="insightface model folder (det_*.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_model_arguments(parser)
