@@ -103,16 +103,19 @@ class EngineCache:
     def load(self, key: EngineKey) -> bytes | None:
         """The cached payload for key, or None (after one log line and removal) if absent or untrusted."""
         path = self.path_for(key)
-        if not path.exists():
+        try:
+            payload = path.read_bytes()
+        except FileNotFoundError:
             return None
-        problem = self._verify(path, key)
+        # the bytes checked are the bytes returned: a file replaced in between is never handed out unchecked
+        problem = self._verify(path, key, payload)
         if problem is None:
-            return path.read_bytes()
+            return payload
         log.warning("engine cache: %s %s; rebuilding", path, problem)
         self.discard(key)
         return None
 
-    def _verify(self, path: Path, key: EngineKey) -> str | None:
+    def _verify(self, path: Path, key: EngineKey, payload: bytes) -> str | None:
         sidecar = self._sidecar(path)
         try:
             meta = json.loads(sidecar.read_text())
@@ -124,7 +127,6 @@ class EngineCache:
             return "has a sidecar of an unknown format"
         if meta.get("key") != key.as_json():
             return "was built for a different model, precision, TensorRT version or GPU"
-        payload = path.read_bytes()
         if meta.get("payload_sha256") != sha256_bytes(payload) or meta.get("size") != len(payload):
             return "is corrupt (size or sha256 differs from its sidecar)"
         return None

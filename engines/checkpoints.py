@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import argparse
-import hashlib
 import io
 import json
 import logging
@@ -31,6 +30,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from engines.cache import sha256_file
 from engines.errors import CheckpointError
 from engines.nets.stylegan2 import Generator
 
@@ -72,11 +72,8 @@ class Checkpoint:
 
 # ------------------------------------------------------------------------------------------- file level
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """sha256 of a checkpoint file (its `source_sha256` once converted)."""
+    return sha256_file(path)
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -84,11 +81,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found; pass the path of a .pt, .pkl or .safetensors file")
-    with open(path, "rb") as handle:
-        head = handle.read(16)
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+        sha = file_sha256(path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(err)}); check its permissions") from None
     if not head:
         raise CheckpointError(f"{path}: the file is empty; download or convert it again")
-    sha = file_sha256(path)
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
         return _load_safetensors(path, sha)
     if head.startswith(b"PK"):
@@ -146,6 +146,9 @@ def _tensor_or_none(value: Any) -> Tensor | None:
 
 def _rosinality_config(path: Path, sd: Mapping[str, Tensor]) -> dict[str, Any]:
     """Generator kwargs read off a rosinality state_dict's shapes (any channel multiplier or size)."""
+    if not isinstance(sd, Mapping):
+        raise CheckpointError(f"{path}: not a rosinality StyleGAN2 generator (its weights are a "
+                              f"{type(sd).__name__}, not a state_dict)")
     try:
         n_mlp = sum(1 for key in sd if re.fullmatch(r"style\.\d+\.weight", key))
         n_rgbs = sum(1 for key in sd if re.fullmatch(r"to_rgbs\.\d+\.bias", key))
@@ -154,7 +157,7 @@ def _rosinality_config(path: Path, sd: Mapping[str, Tensor]) -> dict[str, Any]:
             channels[2 ** (i + 3)] = int(sd[f"convs.{2 * i}.conv.weight"].shape[1])
         return {"size": 2 ** (n_rgbs + 2), "style_dim": int(sd["style.1.weight"].shape[1]), "n_mlp": n_mlp,
                 "channels": channels}
-    except (KeyError, IndexError, AttributeError) as err:
+    except (KeyError, IndexError, AttributeError, TypeError) as err:
         raise CheckpointError(f"{path}: not a rosinality StyleGAN2 generator (missing {err})") from None
 
 
@@ -163,19 +166,26 @@ def _instantiate(path: Path, factory: Callable[[], nn.Module], sd: Mapping[str, 
 
     Built on the meta device first, so the random initialisation the file overwrites is never computed
     (seconds and a second copy of the weights for e4e's ~1 GB); a network that needs real tensors at
-    construction, or keeps non-persistent buffers, is built normally."""
+    construction, or keeps non-persistent buffers, is built normally. A config the constructor refuses
+    (unknown or bad kwargs from a file's metadata) is a CheckpointError like weights that do not fit."""
+    odd = sorted(k for k, v in sd.items() if not isinstance(v, Tensor))
+    if odd:
+        raise CheckpointError(f"{path}: {what} entries {odd[:4]} are not tensors; not a checkpoint this project reads")
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
-        with torch.device("meta"):
-            module = factory()
-    except (RuntimeError, NotImplementedError, ValueError):
-        module = None
-    try:
+        try:
+            with torch.device("meta"):
+                module = factory()
+        except (RuntimeError, NotImplementedError, ValueError):
+            module = None
         if module is not None:
             module.load_state_dict(tensors, strict=True, assign=True)
         if module is None or any(t.is_meta for t in (*module.parameters(), *module.buffers())):
             module = factory()
             module.load_state_dict(tensors, strict=True)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{path}: its config does not build the {what} ({_first_line(err)}); "
+                              "convert the checkpoint again") from None
     except RuntimeError as err:
         detail = " ".join(str(err).split())[:300]
         raise CheckpointError(f"{path}: {what} weights do not fit the network: {detail}") from None
@@ -477,11 +487,15 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
     source_format = f"safetensors ({metadata.get('source_format', 'project')})"
     decoder = None
     if architecture in ("e4e", "psp"):
+        if not isinstance(config, dict) or not isinstance(config.get("encoder"), dict):
+            raise CheckpointError(f"{path}: its metadata 'config' has no 'encoder' kwargs; convert it again")
         module = _instantiate(path, lambda: build_module(architecture, config["encoder"]),
                               _strip(tensors, "encoder."), f"{architecture} encoder")
         if config.get("decoder"):
             decoder = _instantiate(path, lambda: Generator(**config["decoder"]), _strip(tensors, "decoder."),
                                    "StyleGAN2 decoder")
+    elif not isinstance(config, dict):
+        raise CheckpointError(f"{path}: its metadata 'config' is not a JSON object; convert it again")
     else:
         module = _instantiate(path, lambda: build_module(architecture, config), tensors, architecture)
     return Checkpoint(path, source_format, sha, architecture, config, module, decoder, latent_avg)

@@ -45,7 +45,8 @@ def as_specs(specs: Mapping[str, tuple]) -> dict[str, TensorSpec]:
     """Normalise {name: (shape, dtype)} (dtype may be a numpy dtype or its name) to TensorSpecs."""
     out = {}
     for name, spec in specs.items():
-        shape, dtype = (spec, "float32") if spec and isinstance(spec[0], int) else spec
+        # a bare shape (ints, numpy's included) or a (shape, dtype) pair
+        shape, dtype = (spec, "float32") if spec and isinstance(spec[0], (int, np.integer)) else spec
         out[name] = TensorSpec(tuple(int(d) for d in shape), np.dtype(dtype).name)
     return out
 

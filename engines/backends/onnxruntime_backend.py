@@ -35,8 +35,8 @@ def graph_for_precision(onnx_path: Path, precision: Precision) -> onnx.ModelProt
     """The graph to compile at `precision`: as is (fp32), converted (fp16), or a Q/DQ graph (int8)."""
     model = onnx.load(str(onnx_path))
     if precision == "int8" and not is_qdq_graph(model):
-        raise UserError(f"{onnx_path}: INT8 needs a Q/DQ graph; make one with "
-                        "`python run_stream.py calibrate --onnx {onnx_path}` and pass the .int8.onnx it writes")
+        raise UserError(f"{onnx_path}: INT8 needs a Q/DQ graph; make one with `python run_stream.py calibrate` "
+                        "and pass the .int8.onnx file it writes")
     if precision == "fp16":
         return to_fp16(model)
     return model

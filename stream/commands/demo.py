@@ -24,10 +24,12 @@ def run(args: argparse.Namespace) -> int:
     from engines.errors import UserError
     from stream.commands.file import model_config, run_with_progress, stage_table
     from stream.config import FaceConfig, FileJobConfig, parse_edit
+    from stream.modelpack import load_pack
     from stream.sample import build_sample_clip
 
     if not 0.5 <= args.seconds <= 60:
         raise UserError(f"--seconds {args.seconds}: choose 0.5 to 60")
+    load_pack(args.pack)  # a missing or broken pack fails before the sample clip is built
     args.output.parent.mkdir(parents=True, exist_ok=True)
     sample = build_sample_clip(args.output.with_name(f"{args.output.stem}_input.mp4"), seconds=args.seconds)
     print(f"sample clip: {sample} (scikit-image's astronaut photo, panned and zoomed, with a tone)")
