@@ -79,7 +79,9 @@ def materialise(feeds: Iterable[Mapping[str, np.ndarray]], expected: Mapping[str
     out = [{name: np.ascontiguousarray(array) for name, array in feed.items()} for feed in feeds]
     if not out:
         raise UserError(f"{source}: no calibration samples (is the folder empty or smaller than one batch?)")
-    for index, feed in enumerate(out if expected is not None else ()):
+    if expected is None:
+        return out
+    for index, feed in enumerate(out):
         for name, (shape, _dtype) in expected.items():
             if name not in feed:
                 raise UserError(f"{source}: sample {index} lacks input {name!r}")

@@ -86,7 +86,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             head = handle.read(16)
         sha = file_sha256(path)
     except OSError as err:
-        raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(err)}); check its permissions") from None
+        raise CheckpointError(f"{path}: cannot read the checkpoint ({_first_line(err)}); "
+                              "check its permissions") from None
     if not head:
         raise CheckpointError(f"{path}: the file is empty; download or convert it again")
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
@@ -170,7 +171,8 @@ def _instantiate(path: Path, factory: Callable[[], nn.Module], sd: Mapping[str, 
     (unknown or bad kwargs from a file's metadata) is a CheckpointError like weights that do not fit."""
     odd = sorted(k for k, v in sd.items() if not isinstance(v, Tensor))
     if odd:
-        raise CheckpointError(f"{path}: {what} entries {odd[:4]} are not tensors; not a checkpoint this project reads")
+        raise CheckpointError(f"{path}: {what} entries {odd[:4]} are not tensors; "
+                              "not a checkpoint this project reads")
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
         try:
@@ -440,14 +442,18 @@ def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.Pa
     metadata = {"format": FORMAT_TAG, "architecture": architecture, "config": json.dumps(config, sort_keys=True),
                 "source_sha256": source_sha256, "source_format": source_format}
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         save_file(tensors, tmp, metadata=metadata)
         os.replace(tmp, path)
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(err)}); "
+                              "choose a writable folder with free space") from None
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
 

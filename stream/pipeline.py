@@ -4,19 +4,23 @@
 
 An EditModel turns aligned crops into edited crops:
 - GanEditModel: encoder engine -> W+ -> per-track temporal smoothing -> latent edits -> generator engine.
+  `edit` smooths causally (live); the file job's look-ahead (stream/lookahead.py) calls `encode`, smooths
+  each track over past and future frames, then `render`.
   By default the crop that goes back is `crop + upsample(G(w') - G(w))` (the detail-preserving residual of
   DESIGN.md); `residual=False` returns `G(w')` alone, upsampled, and replaces the face region with it.
 - StudentEditModel: a distilled student engine per edit, at the crop's resolution, in one pass.
 
-Frames without a face, and every frame while no edit has a non-zero strength, are returned untouched
-(the same array). `set_edits` may be called between frames from any thread; the new edits apply from
-the next `process` call.
+`FaceEditPipeline.process` is `locate` (tracker, alignment) + `model.edit` + `composite`; the three are public
+so that a caller can hold frames between them. Frames without a face, and every frame while no edit has a
+non-zero strength, are returned untouched (the same array). `set_edits` may be called between frames from
+any thread; the new edits apply from the next `process` (or `locate`) call.
 """
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 import cv2
@@ -30,7 +34,7 @@ from stream.config import FACES_MODES, EditSpec, FacesMode
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, apply_edits
 from stream.faces.align import ffhq_affine, warp_to_crop
-from stream.types import Crop, Face, Frame, StageTimes, WPlus
+from stream.types import Affine2x3, Crop, Face, Frame, StageTimes, WPlus
 
 Images = npt.NDArray[np.float32]       # [N, 3, S, S] in [-1, 1]
 
@@ -131,7 +135,7 @@ class GanEditModel:
         self.crop_size = crop_size
         self.residual = residual
         self.blend: Blend = "delta" if residual else "replace"
-        self.stages = ("encode", "edit", "generate")
+        self.stages = ("encode", "smooth", "edit", "generate")
         self.names = tuple(sorted(self.directions))
         (self._encoder_input, encoder_spec), = encoder.input_specs.items()
         (self._generator_input, generator_spec), = generator.input_specs.items()
@@ -163,9 +167,16 @@ class GanEditModel:
     def edit(self, crops: Sequence[Crop], track_ids: Sequence[int], t: float, times: StageTimes) -> list[Crop]:
         with timed(times, "encode"):
             codes = self.encode(crops)
-        with timed(times, "edit"):
-            if self._make_smoother is not None:
+        if self._make_smoother is not None:
+            with timed(times, "smooth"):
                 codes = np.stack([self._smooth(track, code, t) for track, code in zip(track_ids, codes)])
+        return self.render(crops, codes, times)
+
+    def render(self, crops: Sequence[Crop], codes: WPlus, times: StageTimes) -> list[Crop]:
+        """Edited crops from the crops and their (already smoothed) codes [N, num_ws, D]: the latent edits,
+        then synthesis. The look-ahead file job calls this with codes it smoothed over time itself."""
+        codes = np.asarray(codes, dtype=np.float32)
+        with timed(times, "edit"):
             edited = apply_edits(codes, self._edits).astype(np.float32)
         with timed(times, "generate"):
             if self.residual:
@@ -241,6 +252,20 @@ class StudentEditModel:
         """Students keep no per-track state."""
 
 
+@dataclass(frozen=True)
+class LocatedFaces:
+    """One frame's faces, ready for an EditModel: time, tracker faces, frame->crop affines, aligned crops."""
+
+    t: float
+    faces: list[Face]
+    affines: list[Affine2x3]
+    crops: list[Crop]
+
+    @property
+    def track_ids(self) -> list[int]:
+        return [face.track_id for face in self.faces]
+
+
 def _area(face: Face) -> float:
     x0, y0, x1, y1 = face.box
     return (x1 - x0) * (y1 - y0)
@@ -273,27 +298,40 @@ class FaceEditPipeline:
     def process(self, frame: Frame, t: float | None = None) -> Frame:
         """The edited frame (a new array), or `frame` itself when no face is found or no edit is active.
         `t` is the frame's time in seconds (for the temporal filters); default: frame index / 30."""
+        located = self.locate(frame, t)
+        if located is None:
+            return frame
+        edited = self.model.edit(located.crops, located.track_ids, located.t, self.times)
+        return self.composite(frame, located, edited)
+
+    def locate(self, frame: Frame, t: float | None = None) -> LocatedFaces | None:
+        """The stages before the model: pending edits, tracking, alignment. None when the frame goes out
+        untouched (no active edit, or no face). Callers that run the model themselves (the file job's
+        look-ahead smoothing) call this, then `composite`."""
         t = self._frames / 30.0 if t is None else t
         self._frames += 1
         pending, self._pending = self._pending, None
         if pending is not None:
             self.model.set_edits(pending)
         if not self.model.active:
-            return frame
+            return None
         with timed(self.times, "detect"):
             faces = self.tracker.update(frame, t)
         if self.faces == "largest" and faces:
             faces = [max(faces, key=_area)]
         self.model.forget({face.track_id for face in faces})
         if not faces:
-            return frame
+            return None
         with timed(self.times, "align"):
             affines = [ffhq_affine(face.landmarks, self.model.crop_size) for face in faces]
             crops = [warp_to_crop(frame, affine, self.model.crop_size) for affine in affines]
-        edited = self.model.edit(crops, [face.track_id for face in faces], t, self.times)
+        return LocatedFaces(t, faces, affines, crops)
+
+    def composite(self, frame: Frame, located: LocatedFaces, edited: Sequence[Crop]) -> Frame:
+        """Paste each edited crop back into `frame` (a new array; `frame` is not modified)."""
         with timed(self.times, "composite"):
             out = frame
-            for crop, new, affine in zip(crops, edited, affines):
+            for crop, new, affine in zip(located.crops, edited, located.affines):
                 out = paste_back(out, new, crop, affine, self.mask, blend=self.model.blend,
                                  colour_match=self.colour_match)
         return out

@@ -18,6 +18,8 @@ from safetensors import safe_open
 import engines
 from engines.checkpoints import convert_checkpoint, file_sha256, load_checkpoint, save_safetensors
 from engines.errors import CheckpointError
+from engines.nets.encoders import DemoEncoder
+from engines.nets.student import ResidualStudent
 from engines.nets.stylegan2 import Generator, small_generator_config
 from tests.reference_weights import REFERENCE, manifest_state_dict, relative_l2, require
 
@@ -247,10 +249,8 @@ def test_save_safetensors_of_a_module_loads_back(tmp_path: Path) -> None:
 
 
 def test_demo_encoder_and_student_round_trip(tmp_path: Path) -> None:
-    encoders = pytest.importorskip("engines.nets.encoders")
-    student_mod = pytest.importorskip("engines.nets.student")
     torch.manual_seed(0)
-    enc = encoders.DemoEncoder(size=64, num_ws=10, style_dim=32, width=16).eval()
+    enc = DemoEncoder(size=64, num_ws=10, style_dim=32, width=16).eval()
     latent_avg = torch.randn(32)
     path = save_safetensors(enc, tmp_path / "enc.safetensors", "demo-encoder", enc.config,
                             extra_tensors={"latent_avg": latent_avg})
@@ -260,7 +260,7 @@ def test_demo_encoder_and_student_round_trip(tmp_path: Path) -> None:
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode(img), enc(img) + latent_avg)
 
-    student = student_mod.ResidualStudent(width=8, depth=1, levels=2).eval()
+    student = ResidualStudent(width=8, depth=1, levels=2).eval()
     with torch.no_grad():
         for p in student.parameters():
             p.normal_(0, 0.1)
@@ -313,6 +313,24 @@ def test_clear_errors_for_bad_files(tmp_path: Path) -> None:
         load_checkpoint(wrong)
     with pytest.raises(CheckpointError, match="not an encoder"):
         engines.load_encoder(good)
+
+
+def test_malformed_contents_and_metadata_are_one_line_errors(tmp_path: Path) -> None:
+    g = _small_generator()
+    cases = {
+        "g_ema_tensor.pt": lambda p: torch.save({"g_ema": torch.zeros(3)}, p),
+        "not_tensors.pt": lambda p: torch.save({"g_ema": {**g.state_dict(), "extra": 3}}, p),
+        "bad_kwargs.safetensors": lambda p: save_safetensors(g, p, "stylegan2-generator", {**g.config, "bogus": 1}),
+        "bad_size.safetensors": lambda p: save_safetensors({}, p, "demo-encoder", {"size": 100}),
+        "no_encoder.safetensors": lambda p: save_safetensors({}, p, "e4e", {"decoder": None}),
+    }
+    for name, write in cases.items():
+        path = tmp_path / name
+        write(path)
+        with pytest.raises(CheckpointError) as info:
+            load_checkpoint(path)
+        message = str(info.value)
+        assert message.startswith(str(path)) and "\n" not in message, message
 
 
 # ------------------------------------------------------------------------------------------ e4e / pSp

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from engines.errors import CheckpointError
+from engines.nets.blocks import ResBlock, leaky
 from engines.nets.stylegan2 import EqualLinear
 
 # Residual units per stage of the IR backbones (ArcFace's IR-50/100/152); stage widths 64, 128, 256, 512.
@@ -200,23 +201,6 @@ def build_e4e_encoder(opts: dict[str, Any], source: str = "checkpoint") -> nn.Mo
 
 
 # ------------------------------------------------------------------------------------------ demo encoder
-def _act() -> nn.Module:
-    return nn.LeakyReLU(0.2)
-
-
-class _ResBlock(nn.Module):
-    """x + conv3x3(act(conv3x3(x))), then act; no normalisation (exports as plain Conv + LeakyRelu)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1)
-        self.act = _act()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(x + self.conv2(self.act(self.conv1(x))))
-
-
 class _LevelHead(nn.Module):
     """Styles from one pyramid level: stride-2 convs down to the coarsest grid, flatten, one Linear.
 
@@ -229,9 +213,9 @@ class _LevelHead(nn.Module):
         layers: list[nn.Module] = []
         for i in range(downsamples):
             out = head_channels if i == downsamples - 1 else channels
-            layers += [nn.Conv2d(channels, out, 3, 2, 1), _act()]
+            layers += [nn.Conv2d(channels, out, 3, 2, 1), leaky()]
         if not downsamples:
-            layers += [nn.Conv2d(channels, head_channels, 3, 1, 1), _act()]
+            layers += [nn.Conv2d(channels, head_channels, 3, 1, 1), leaky()]
         self.convs = nn.Sequential(*layers)
         self.linear = nn.Linear(head_channels * grid * grid, count * style_dim)
         self.count, self.style_dim = count, style_dim
@@ -275,10 +259,10 @@ class DemoEncoder(nn.Module):
 
         resolutions = [size // 2**k for k in range(1, downsamples + 1)]  # size/2 ... grid
         widths = [channels(r) for r in resolutions]
-        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1), _act())
-        stages: list[nn.Module] = [_ResBlock(widths[0])]
+        self.stem = nn.Sequential(nn.Conv2d(3, widths[0], 3, 2, 1), leaky())
+        stages: list[nn.Module] = [ResBlock(widths[0])]
         for c_in, c_out in pairwise(widths):
-            stages.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1), _act(), _ResBlock(c_out)))
+            stages.append(nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1), leaky(), ResBlock(c_out)))
         self.stages = nn.ModuleList(stages)
         # Pyramid levels, coarse -> fine: the last three stages.
         self.laterals = nn.ModuleList(nn.Conv2d(widths[-1 - k], head_width, 1) for k in range(3))

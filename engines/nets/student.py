@@ -17,20 +17,7 @@ from itertools import pairwise
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-
-def _act() -> nn.Module:
-    return nn.LeakyReLU(0.2)
-
-
-class _ResBlock(nn.Module):
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, 1, 1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1)
-        self.act = _act()
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.act(x + self.conv2(self.act(self.conv1(x))))
+from engines.nets.blocks import ResBlock, leaky
 
 
 class ResidualStudent(nn.Module):
@@ -49,13 +36,13 @@ class ResidualStudent(nn.Module):
         self.config = {"width": width, "depth": depth, "levels": levels, "max_width": max_width}
         self.stride = 2 ** (levels + 1)
         widths = [max(width // 2, 1)] + [min(max_width, width * 2**k) for k in range(levels)]
-        self.stem = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, widths[0], 3, 1, 1), _act())
+        self.stem = nn.Sequential(nn.PixelUnshuffle(2), nn.Conv2d(12, widths[0], 3, 1, 1), leaky())
         self.down = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1), _act()) for c_in, c_out in pairwise(widths))
-        self.body = nn.Sequential(*(_ResBlock(widths[-1]) for _ in range(depth)))
+            nn.Sequential(nn.Conv2d(c_in, c_out, 3, 2, 1), leaky()) for c_in, c_out in pairwise(widths))
+        self.body = nn.Sequential(*(ResBlock(widths[-1]) for _ in range(depth)))
         # up[k] takes level k+1 to level k's width at level k+1's (coarser) resolution.
         self.up = nn.ModuleList(nn.Conv2d(widths[k + 1], widths[k], 3, 1, 1) for k in range(levels))
-        self.act = _act()
+        self.act = leaky()
         self.to_delta = nn.Sequential(nn.Conv2d(widths[0], 12, 1), nn.PixelShuffle(2))
         last = self.to_delta[0]
         nn.init.zeros_(last.weight)

@@ -6,10 +6,10 @@ from pathlib import Path
 
 HELP = "report what is installed and usable (torch, CUDA, TensorRT, cupy, onnxruntime, dlib, insightface)"
 
-DEFAULT_PACK = Path(__file__).resolve().parents[2] / "assets" / "demo_pack"
-
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from stream.modelpack import DEFAULT_PACK
+
     parser.add_argument("--face-models", type=Path, help="insightface model-pack folder to check (e.g. buffalo_l)")
     parser.add_argument("--pack", type=Path, default=DEFAULT_PACK, help="model pack folder to check")
 

@@ -30,16 +30,21 @@ class FaceDetector(Protocol):
     def detect(self, frame: Frame) -> list[Face]: ...
 
 
-@functools.cache
-def dlib_model_path(name: str) -> Path:
-    """Path of a model file shipped by face-recognition-models (e.g. shape_predictor_68_face_landmarks.dat)."""
+def dlib_models_dir() -> Path:
+    """The `models` folder of the installed face-recognition-models package (found, never imported)."""
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise MissingDependency(
             "face-recognition-models is not installed: it ships dlib's landmark model; "
             "run `pip install face-recognition-models`"
         )
-    path = Path(next(iter(spec.submodule_search_locations))) / "models" / name
+    return Path(next(iter(spec.submodule_search_locations))) / "models"
+
+
+@functools.cache
+def dlib_model_path(name: str) -> Path:
+    """Path of a model file shipped by face-recognition-models (e.g. shape_predictor_68_face_landmarks.dat)."""
+    path = dlib_models_dir() / name
     if not path.is_file():
         raise MissingDependency(f"{path}: model file missing; reinstall with `pip install --force-reinstall "
                                 "face-recognition-models`")
