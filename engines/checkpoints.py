@@ -200,21 +200,21 @@ def _generator_from_rosinality(path: Path, sd: Mapping[str, Tensor]) -> Generato
 
 
 def _from_e4e_psp(path: Path, sha: str, data: Mapping[str, Any]) -> Checkpoint:
+    from engines.nets.encoders import e4e_encoder_config
+
     opts = data.get("opts") or {}
-    opts = vars(opts) if isinstance(opts, argparse.Namespace) else dict(opts)
-    encoder_type = opts.get("encoder_type", "Encoder4Editing")
-    if encoder_type not in _ENCODER_TYPES:
-        raise CheckpointError(f"{path}: encoder_type {encoder_type!r} is not supported "
-                              f"(supported: {', '.join(_ENCODER_TYPES)})")
+    if not isinstance(opts, (Mapping, argparse.Namespace)):
+        raise CheckpointError(f"{path}: its 'opts' is a {type(opts).__name__}, not e4e/pSp options")
+    opts = dict(vars(opts) if isinstance(opts, argparse.Namespace) else opts)
+    opts.setdefault("encoder_type", "Encoder4Editing")
+    encoder_type, enc_config = e4e_encoder_config(opts, source=str(path))
     architecture = _ENCODER_TYPES[encoder_type]
     state = data["state_dict"]
     enc_sd = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
     dec_sd = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
     if not enc_sd:
         raise CheckpointError(f"{path}: the state_dict holds no 'encoder.' weights; not an e4e/pSp checkpoint")
-    # both projects build IR-SE-50; the generator size sets the number of styles
-    size = int(opts.get("stylegan_size") or opts.get("output_size") or 1024)
-    enc_config = {"num_layers": 50, "mode": "ir_se", "stylegan_size": size, "input_nc": int(opts.get("input_nc") or 3)}
+    size = enc_config["stylegan_size"]  # the generator size sets the number of styles
     encoder = _instantiate(path, lambda: build_module(architecture, enc_config), enc_sd, f"{encoder_type} encoder")
     decoder = _generator_from_rosinality(path, dec_sd) if dec_sd else None
     if decoder is not None and decoder.resolution != size:

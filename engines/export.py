@@ -154,14 +154,18 @@ def find_tensorrt_problems(model: onnx.ModelProto) -> list[str]:
     return problems
 
 
+def _load_graph(onnx_path: Path) -> onnx.ModelProto:
+    """The ONNX file's graph (weights left external, if any); UserError when it is missing or unreadable."""
+    try:
+        return onnx.load(str(onnx_path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError, OSError, and onnx's own errors for a bad file
+        raise UserError(f"{onnx_path}: not a readable ONNX file ({err}); re-export it") from err
+
+
 def check_tensorrt_compatible(onnx_path: str | Path) -> None:
     """Raise TensorRTIncompatible listing every problem if TensorRT would refuse the graph at onnx_path."""
     onnx_path = Path(onnx_path)
-    try:
-        model = onnx.load(str(onnx_path), load_external_data=False)
-    except Exception as err:
-        raise UserError(f"{onnx_path}: not a readable ONNX file ({err}); re-export it") from err
-    problems = find_tensorrt_problems(model)
+    problems = find_tensorrt_problems(_load_graph(onnx_path))
     if problems:
         shown = "; ".join(problems[:5]) + (f"; and {len(problems) - 5} more" if len(problems) > 5 else "")
         raise TensorRTIncompatible(f"{onnx_path}: TensorRT would refuse this graph: {shown}")
@@ -169,7 +173,7 @@ def check_tensorrt_compatible(onnx_path: str | Path) -> None:
 
 def graph_io_specs(onnx_path: str | Path) -> tuple[dict[str, TensorSpec], tuple[str, ...]]:
     """Static input specs and output names of an ONNX file."""
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = _load_graph(Path(onnx_path))
     initializers = {t.name for t in model.graph.initializer}
     specs = {}
     for value in model.graph.input:

@@ -16,10 +16,15 @@ FacesMode = Literal["all", "largest"]
 FACES_MODES: tuple[str, ...] = get_args(FacesMode)
 ModelPath = Literal["auto", "student", "gan"]
 MODEL_PATHS: tuple[str, ...] = get_args(ModelPath)
-# causal One Euro per face track (stream/edits/smoothing.py); a centred look-ahead filter for files
-# (smooth_offline) needs a two-pass job and is not wired in yet
+# The model's own smoothing, what live use can have: causal One Euro per face track (stream/edits/smoothing.py)
 Smoothing = Literal["causal", "off"]
 SMOOTHINGS: tuple[str, ...] = get_args(Smoothing)
+# A file job may also look ahead: a centred Gaussian over each track's codes (stream/lookahead.py)
+FileSmoothing = Literal["centred", "causal", "off"]
+FILE_SMOOTHINGS: tuple[str, ...] = get_args(FileSmoothing)
+# sigma 3 frames: on the shared clips it left 43% of the code jitter with no lag, as much as the best causal
+# setting removes at 2 frames of lag (Edits section of bench/RESULTS.md); it looks ceil(3 sigma) frames ahead
+DEFAULT_SMOOTHING_SIGMA = 3.0
 
 _EDIT = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
 
@@ -40,6 +45,7 @@ class ModelConfig:
     "gan": encoder + generator (the pack's unless `encoder` / `generator` name files) with `directions`;
     "auto": the student path when students cover every requested edit, else the generator path.
     residual: GAN crops go back as crop + G(w') - G(w) (True) or as G(w') alone (False).
+    smoothing: the GAN model's causal code filter (a file job replaces it by FileJobConfig.smoothing).
     """
 
     pack: Path = DEFAULT_PACK
@@ -85,7 +91,12 @@ class FaceConfig:
 
 @dataclass(frozen=True)
 class FileJobConfig:
-    """`file IN -o OUT`: everything the job needs, checked before any model loads."""
+    """`file IN -o OUT`: everything the job needs, checked before any model loads.
+
+    smoothing: temporal filter of each face's code on the generator path: "centred" (look-ahead Gaussian
+    of `smoothing_sigma` frames, no lag), "causal" (the live One Euro filter) or "off". It decides for the
+    job; `model.smoothing` is not used.
+    """
 
     input: Path
     output: Path
@@ -95,8 +106,14 @@ class FileJobConfig:
     encoder: EncoderSettings = field(default_factory=EncoderSettings)
     side_by_side: bool = False
     overwrite: bool = False
+    smoothing: FileSmoothing = "centred"
+    smoothing_sigma: float = DEFAULT_SMOOTHING_SIGMA
 
     def __post_init__(self) -> None:
+        if self.smoothing not in FILE_SMOOTHINGS:
+            raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(FILE_SMOOTHINGS)}")
+        if not 0 < self.smoothing_sigma <= 30:
+            raise UserError(f"--smoothing-sigma {self.smoothing_sigma}: choose more than 0 and at most 30 frames")
         if Path(self.input).resolve() == Path(self.output).resolve():
             raise UserError(f"{self.output}: the output would overwrite the input; choose another -o")
         names = [name for name, _ in self.edits]

@@ -8,23 +8,22 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TypeVar
 
-import numpy as np
+import av
 
 from engines.errors import UserError
 from stream.config import EditSpec, FaceConfig, FileJobConfig, ModelConfig
+from stream.lookahead import LookaheadEditor
 from stream.media import FileSink, FileSource, TimedFrame, VideoInfo
+from stream.media.background import BackgroundIterator, BackgroundWriter, demuxed
 from stream.modelpack import ModelPack, load_pack
-from stream.pipeline import EditModel, FaceEditPipeline, GanEditModel, StudentEditModel, timed
-from stream.types import StageTimes
+from stream.pipeline import EditModel, FaceEditPipeline, GanEditModel, LocatedFaces, StudentEditModel
+from stream.types import Frame, StageTimes
 
 log = logging.getLogger(__name__)
-
-T = TypeVar("T")
 DEFAULT_CROP_SIZE = 256  # FFHQ crop side when no pack states one (loose --student / model files)
 
 
@@ -119,16 +118,26 @@ def build_tracker(config: FaceConfig, fps: float):
     return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
 
 
-def _timed_iter(items: Iterator[T], times: StageTimes, stage: str) -> Iterator[T]:
-    """Yield from `items`, adding the time each `next` takes to `stage`."""
-    while True:
-        start = time.perf_counter()
-        try:
-            item = next(items)
-        except StopIteration:
-            return
-        times.add(stage, (time.perf_counter() - start) * 1000.0)
-        yield item
+def _located(items: Iterable[TimedFrame | av.Packet], pipeline: FaceEditPipeline
+             ) -> Iterator[tuple[TimedFrame | av.Packet, LocatedFaces | None]]:
+    """Each frame with its faces tracked and aligned (`pipeline.locate`); audio packets pass along."""
+    for item in items:
+        yield item, pipeline.locate(item.image, item.seconds) if isinstance(item, TimedFrame) else None
+
+
+def _edited_frames(located: Iterable[tuple[TimedFrame | av.Packet, LocatedFaces | None]], writer: BackgroundWriter,
+                   pipeline: FaceEditPipeline, lookahead: LookaheadEditor[TimedFrame] | None
+                   ) -> Iterator[tuple[TimedFrame, Frame]]:
+    """(input frame, edited image) in input order; audio packets go straight on to the writer."""
+    for item, faces in located:
+        if not isinstance(item, TimedFrame):
+            writer.write_audio(item)
+        elif lookahead is not None:
+            yield from lookahead.push(item, item.image, faces)
+        else:
+            yield item, pipeline.edit(item.image, faces)
+    if lookahead is not None:
+        yield from lookahead.flush()
 
 
 def default_edits(config: FileJobConfig) -> tuple[EditSpec, ...]:
@@ -145,30 +154,46 @@ def default_edits(config: FileJobConfig) -> tuple[EditSpec, ...]:
 def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | None = None,
                  on_frame: Callable[[TimedFrame], None] | None = None) -> FileJobResult:
     """Edit `config.input` into `config.output`. `on_start(info)` runs once the input is probed and the
-    models are loaded, `on_frame(frame)` after each written frame (progress bars)."""
+    models are loaded, `on_frame(frame)` after each frame is handed to the writer (progress bars).
+
+    Decoding, tracking and encoding run in threads of their own (stream/media/background.py) beside the
+    models, so on a small CPU their times overlap rather than add up; each row of `times` is its own
+    thread's work. The tracker runs up to a few frames ahead of the models."""
     with FileSource(config.input) as source:
         info = source.info
         width = info.width * 2 if config.side_by_side else info.width
         with FileSink(config.output, info, width=width, height=info.height, settings=config.encoder,
                       audio=source.audio_stream, overwrite=config.overwrite) as sink:
             edits = default_edits(config)
-            model = build_edit_model(config.model, edits)
+            # the file job's smoothing decides: the model filters causally only when "causal" is asked for
+            causal = "causal" if config.smoothing == "causal" else "off"
+            model = build_edit_model(replace(config.model, smoothing=causal), edits)
             fps = float(info.rate) if info.rate else 30.0
             pipeline = FaceEditPipeline(build_tracker(config.face, fps), model, faces=config.face.faces)
             pipeline.set_edits(edits)
+            lookahead = None
+            if config.smoothing == "centred" and isinstance(model, GanEditModel):
+                lookahead = LookaheadEditor[TimedFrame](pipeline, config.smoothing_sigma)
             times = pipeline.times
             if on_start is not None:
                 on_start(info)
             start = time.perf_counter()
             frames = 0
-            for frame in _timed_iter(source.frames(on_audio=sink.write_audio), times, "decode"):
-                out = pipeline.process(frame.image, frame.seconds)
-                with timed(times, "write"):
-                    image = np.concatenate([frame.image, out], axis=1) if config.side_by_side else out
-                    sink.write(image, frame.pts)
-                frames += 1
-                if on_frame is not None:
-                    on_frame(frame)
+            # four threads: decode -> track + align -> models + paste-back (this one) -> encode + mux
+            decoded = BackgroundIterator(demuxed(source, times), "decode")
+            located = BackgroundIterator(_located(decoded, pipeline), "track")
+            writer = BackgroundWriter(sink, times)
+            try:
+                for frame, out in _edited_frames(located, writer, pipeline, lookahead):
+                    writer.write(out, frame.pts, before=frame.image if config.side_by_side else None)
+                    frames += 1
+                    if on_frame is not None:
+                        on_frame(frame)
+                writer.finish()
+            finally:
+                writer.stop()
+                located.stop()
+                decoded.stop()
             sink.close()
             seconds = time.perf_counter() - start
     log.debug("%s: %d frames in %.1f s", config.output, frames, seconds)

@@ -20,15 +20,12 @@ from typing import Generic, TypeVar
 import numpy as np
 
 from engines.errors import UserError
+from stream.config import DEFAULT_SMOOTHING_SIGMA
 from stream.edits.smoothing import gaussian_weights
 from stream.pipeline import FaceEditPipeline, GanEditModel, LocatedFaces, timed
 from stream.types import Frame, WPlus
 
 T = TypeVar("T")
-
-# 3 frames: on the shared clips a centred Gaussian of sigma 3 left 43% of the code jitter with no lag,
-# as well as the best causal setting does at 2 frames of lag (Edits section of bench/RESULTS.md).
-DEFAULT_SIGMA = 3.0
 
 
 @dataclass
@@ -42,13 +39,13 @@ class _Entry(Generic[T]):
 class LookaheadEditor(Generic[T]):
     """Runs `pipeline` (whose model is a GanEditModel) with centred code smoothing, `radius` frames late.
 
-    `push(item, image, t)` returns the (item, edited frame) pairs that became ready, oldest first;
+    `push(item, image, located)` returns the (item, edited frame) pairs that became ready, oldest first;
     `flush()` returns the rest at the end of the video. Every pushed frame comes out exactly once, in order.
     sigma: the Gaussian's width in frames; radius: how far it looks each way (default ceil(3 sigma)).
     The model's edits are read when a frame goes out, `radius` frames after it came in.
     """
 
-    def __init__(self, pipeline: FaceEditPipeline, sigma: float = DEFAULT_SIGMA, radius: int | None = None) -> None:
+    def __init__(self, pipeline: FaceEditPipeline, sigma: float = DEFAULT_SMOOTHING_SIGMA, radius: int | None = None) -> None:
         if not isinstance(pipeline.model, GanEditModel):
             raise UserError("centred smoothing applies to codes: it needs the generator path (--model gan)")
         self.pipeline = pipeline
@@ -58,12 +55,12 @@ class LookaheadEditor(Generic[T]):
         self._window: deque[_Entry[T]] = deque()
         self._next = 0   # index in _window of the oldest frame not yet out; those before it are look-back
 
-    def push(self, item: T, image: Frame, t: float) -> list[tuple[T, Frame]]:
-        located = self.pipeline.locate(image, t)
-        entry = _Entry(item, image, located)
-        if located is not None:
+    def push(self, item: T, image: Frame, located: LocatedFaces | None) -> list[tuple[T, Frame]]:
+        """Take the next frame, `located` by `self.pipeline.locate(image, t)`; return the frames now ready."""
+        entry = _Entry(item, image, located if located is not None and located.faces else None)
+        if entry.located is not None:
             with timed(self.pipeline.times, "encode"):
-                entry.codes = dict(zip(located.track_ids, self.model.encode(located.crops)))
+                entry.codes = dict(zip(entry.located.track_ids, self.model.encode(entry.located.crops)))
         self._window.append(entry)
         return self._drain(final=False)
 

@@ -10,8 +10,8 @@ An EditModel turns aligned crops into edited crops:
   DESIGN.md); `residual=False` returns `G(w')` alone, upsampled, and replaces the face region with it.
 - StudentEditModel: a distilled student engine per edit, at the crop's resolution, in one pass.
 
-`FaceEditPipeline.process` is `locate` (tracker, alignment) + `model.edit` + `composite`; the three are public
-so that a caller can hold frames between them. Frames without a face, and every frame while no edit has a
+`FaceEditPipeline.process` is `locate` (tracker, alignment) then `edit` (model, composite); the two are public
+so that a caller can run them in two threads or hold frames between them. Frames without a face, and every frame while no edit has a
 non-zero strength, are returned untouched (the same array). `set_edits` may be called between frames from
 any thread; the new edits apply from the next `process` (or `locate`) call.
 """
@@ -254,7 +254,8 @@ class StudentEditModel:
 
 @dataclass(frozen=True)
 class LocatedFaces:
-    """One frame's faces, ready for an EditModel: time, tracker faces, frame->crop affines, aligned crops."""
+    """One frame's faces, ready for an EditModel: time, tracker faces, frame->crop affines, aligned crops
+    (empty lists when the frame has no face)."""
 
     t: float
     faces: list[Face]
@@ -298,16 +299,12 @@ class FaceEditPipeline:
     def process(self, frame: Frame, t: float | None = None) -> Frame:
         """The edited frame (a new array), or `frame` itself when no face is found or no edit is active.
         `t` is the frame's time in seconds (for the temporal filters); default: frame index / 30."""
-        located = self.locate(frame, t)
-        if located is None:
-            return frame
-        edited = self.model.edit(located.crops, located.track_ids, located.t, self.times)
-        return self.composite(frame, located, edited)
+        return self.edit(frame, self.locate(frame, t))
 
     def locate(self, frame: Frame, t: float | None = None) -> LocatedFaces | None:
-        """The stages before the model: pending edits, tracking, alignment. None when the frame goes out
-        untouched (no active edit, or no face). Callers that run the model themselves (the file job's
-        look-ahead smoothing) call this, then `composite`."""
+        """The stages before the model: pending edits, tracking, alignment. None when no edit is active
+        (the frame goes out untouched, not even tracked). `process` is `edit(frame, locate(frame, t))`;
+        the file job calls the two apart, from two threads, and `locate` may run ahead of `edit`."""
         t = self._frames / 30.0 if t is None else t
         self._frames += 1
         pending, self._pending = self._pending, None
@@ -319,13 +316,21 @@ class FaceEditPipeline:
             faces = self.tracker.update(frame, t)
         if self.faces == "largest" and faces:
             faces = [max(faces, key=_area)]
-        self.model.forget({face.track_id for face in faces})
-        if not faces:
-            return None
         with timed(self.times, "align"):
             affines = [ffhq_affine(face.landmarks, self.model.crop_size) for face in faces]
             crops = [warp_to_crop(frame, affine, self.model.crop_size) for affine in affines]
         return LocatedFaces(t, faces, affines, crops)
+
+    def edit(self, frame: Frame, located: LocatedFaces | None) -> Frame:
+        """The model and the paste-back for a frame `locate` has seen: a new array, or `frame` itself
+        when nothing is to be done. Frames must come in the order they were located."""
+        if located is None:
+            return frame
+        self.model.forget(set(located.track_ids))
+        if not located.faces:
+            return frame
+        edited = self.model.edit(located.crops, located.track_ids, located.t, self.times)
+        return self.composite(frame, located, edited)
 
     def composite(self, frame: Frame, located: LocatedFaces, edited: Sequence[Crop]) -> Frame:
         """Paste each edited crop back into `frame` (a new array; `frame` is not modified)."""

@@ -323,6 +323,9 @@ def test_malformed_contents_and_metadata_are_one_line_errors(tmp_path: Path) -> 
         "bad_kwargs.safetensors": lambda p: save_safetensors(g, p, "stylegan2-generator", {**g.config, "bogus": 1}),
         "bad_size.safetensors": lambda p: save_safetensors({}, p, "demo-encoder", {"size": 100}),
         "no_encoder.safetensors": lambda p: save_safetensors({}, p, "e4e", {"decoder": None}),
+        "opts_text.pt": lambda p: torch.save({"state_dict": {"encoder.x": torch.zeros(1)}, "opts": "text"}, p),
+        "opts_size.pt": lambda p: torch.save({"state_dict": {"encoder.x": torch.zeros(1)},
+                                              "opts": {"encoder_type": "Encoder4Editing", "stylegan_size": "big"}}, p),
     }
     for name, write in cases.items():
         path = tmp_path / name

@@ -57,6 +57,8 @@ def test_factory_maps_opts_to_class(opts: dict, cls: type, num_ws: int) -> None:
 def test_factory_refuses_unknown_encoder_type_naming_the_file() -> None:
     with pytest.raises(CheckpointError, match="e4e_ffhq.pt.*'SingleStyleCodeEncoder'"):
         build_e4e_encoder({"encoder_type": "SingleStyleCodeEncoder"}, source="e4e_ffhq.pt")
+    with pytest.raises(CheckpointError, match="e4e_ffhq.pt: malformed"):
+        build_e4e_encoder({"encoder_type": "Encoder4Editing", "stylegan_size": "big"}, source="e4e_ffhq.pt")
 
 
 @pytest.mark.parametrize("size,num_ws", [(64, 10), (96, 10), (128, 12)])

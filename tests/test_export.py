@@ -19,6 +19,7 @@ from engines.export import (
     graph_io_specs,
     module_fingerprint,
 )
+from tests.reference_weights import relative_l2
 
 PARITY_RTOL = 1e-4  # relative L2, float32
 
@@ -49,10 +50,6 @@ class DynamicWeightConv(nn.Module):
     def forward(self, img: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
         weight = self.weight * style.view(1, 3, 1, 1)
         return F.conv2d(img, weight, padding=1)
-
-
-def relative_l2(ours: np.ndarray, ref: np.ndarray) -> float:
-    return float(np.linalg.norm(ours.astype(np.float64) - ref) / np.linalg.norm(ref.astype(np.float64)))
 
 
 def tiny_inputs(batch: int = 1) -> dict[str, torch.Tensor]:

@@ -145,3 +145,14 @@ def test_unknown_edit_fails_before_any_frame(pack: Path, tmp_path: Path, monkeyp
     assert cli.main(["file", str(clip), "-o", str(out), "--pack", str(pack), "--edit", "beard=1"]) == 2
     assert "beard" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sigma", [1.0, 15.0])  # a window shorter than the clip, and one longer than it
+def test_centred_smoothing_keeps_every_frame_and_timestamp(clip: Path, pack: Path, tmp_path: Path,
+                                                           sigma: float) -> None:
+    out = tmp_path / "centred.mp4"
+    result = filejob.run_file_job(job(clip, out, pack, "gan", smoothing="centred", smoothing_sigma=sigma))
+    assert result.frames == FRAMES and "smooth" in result.times.counts
+    assert video_timestamps(out) == video_timestamps(clip)
+    assert audio_packets(out) == audio_packets(clip)

@@ -177,7 +177,11 @@ class TensorRTEngine:
         Returns fresh device tensors (clones of the output buffers), so the caller may keep them across runs.
         """
         caller = torch.cuda.current_stream()
-        for name in self.input_specs:
+        for name, spec in self.input_specs.items():
+            # copy_ would broadcast a wrong-sized input into the bound buffer without a word
+            if tuple(inputs[name].shape) != spec.shape:
+                raise UserError(f"tensorrt engine {self.onnx_path.name}: input {name!r} has shape "
+                                f"{tuple(inputs[name].shape)}, the engine was built for {spec.shape}")
             self._buffers[name].copy_(inputs[name], non_blocking=True)
         self._stream.wait_stream(caller)  # inputs are in place before the engine reads them
         if not self.context.execute_async_v3(self._stream.cuda_stream):

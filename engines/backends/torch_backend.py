@@ -59,7 +59,7 @@ class TorchEngine:
         self._static_in: dict[str, torch.Tensor] = {}
         self._static_out: tuple[torch.Tensor, ...] = ()
 
-    def _prepare(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+    def _prepare(self, tensor: torch.Tensor) -> torch.Tensor:
         tensor = tensor.to(self.device, non_blocking=True)
         if tensor.is_floating_point():
             tensor = tensor.to(self.dtype)
@@ -90,7 +90,7 @@ class TorchEngine:
     @torch.inference_mode()
     def run_device(self, inputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Run on tensors (any device); returns float32 tensors on self.device, owned by the caller."""
-        prepared = {name: self._prepare(name, inputs[name]) for name in self.input_specs}
+        prepared = {name: self._prepare(inputs[name]) for name in self.input_specs}
         if not self.use_cuda_graphs:
             outs = self._forward(prepared)
         else:

@@ -16,6 +16,7 @@ All of them export to ONNX with static shapes: no data-dependent Python control 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from itertools import pairwise
 from typing import Any
 
@@ -183,21 +184,31 @@ _E4E_ENCODERS: dict[str, type[_IRPyramidEncoder]] = {
 }
 
 
-def build_e4e_encoder(opts: dict[str, Any], source: str = "checkpoint") -> nn.Module:
-    """The encoder an e4e / pSp checkpoint's `opts` describe (IR-SE-50, as both projects build it).
+def e4e_encoder_config(opts: Mapping[str, Any], source: str = "checkpoint") -> tuple[str, dict[str, Any]]:
+    """(encoder class name, constructor kwargs) that an e4e / pSp checkpoint's `opts` describe.
 
-    Reads `encoder_type`, the generator size from `stylegan_size` (e4e) or `output_size` (pSp), default
-    1024, and `input_nc` (pSp, default 3). Load the checkpoint's `encoder.*` weights with that prefix
-    stripped. `source` names the file in the error raised for an encoder type this project lacks.
+    Both projects build IR-SE-50. Reads `encoder_type`, the generator size from `stylegan_size` (e4e) or
+    `output_size` (pSp), default 1024, and `input_nc` (pSp, default 3). `source` names the file in the
+    CheckpointError raised for an encoder type this project lacks or a malformed value.
     """
-    encoder_type = opts.get("encoder_type")
-    cls = _E4E_ENCODERS.get(str(encoder_type))
-    if cls is None:
+    encoder_type = str(opts.get("encoder_type"))
+    if encoder_type not in _E4E_ENCODERS:
         raise CheckpointError(
-            f"{source}: e4e/pSp encoder_type {encoder_type!r} is not supported; "
+            f"{source}: e4e/pSp encoder_type {opts.get('encoder_type')!r} is not supported; "
             f"use a checkpoint with one of {sorted(_E4E_ENCODERS)}")
-    size = int(opts.get("stylegan_size") or opts.get("output_size") or 1024)
-    return cls(50, "ir_se", stylegan_size=size, input_nc=int(opts.get("input_nc") or 3))
+    try:
+        size = int(opts.get("stylegan_size") or opts.get("output_size") or 1024)
+        input_nc = int(opts.get("input_nc") or 3)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{source}: malformed e4e/pSp opts ({err}); expected integer sizes") from None
+    return encoder_type, {"num_layers": 50, "mode": "ir_se", "stylegan_size": size, "input_nc": input_nc}
+
+
+def build_e4e_encoder(opts: Mapping[str, Any], source: str = "checkpoint") -> nn.Module:
+    """The encoder an e4e / pSp checkpoint's `opts` describe (see `e4e_encoder_config`). Load the
+    checkpoint's `encoder.*` weights with that prefix stripped."""
+    encoder_type, kwargs = e4e_encoder_config(opts, source)
+    return _E4E_ENCODERS[encoder_type](**kwargs)
 
 
 # ------------------------------------------------------------------------------------------ demo encoder

@@ -115,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     for label, make_onnx in tqdm(jobs, desc="build-engines", unit="engine"):
         onnx_path = make_onnx()
         check_tensorrt_compatible(onnx_path)
-        if args.out:
+        if args.out and not args.onnx:  # --onnx files are the user's own: nothing was exported to copy
             args.out.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(onnx_path, args.out / f"{label.replace(' ', '_')}.onnx")
         engine = create_engine(onnx_path, args.backend, precision=precision, threads=args.threads)

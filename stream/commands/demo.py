@@ -41,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         face=FaceConfig(faces=args.faces, detect_every=args.detect_every),
         side_by_side=True,
         overwrite=True,  # the demo's own output, rewritten on every run
+        smoothing=args.smoothing,
+        smoothing_sigma=args.smoothing_sigma,
     )
     result = run_with_progress(config)
     print(stage_table(result))

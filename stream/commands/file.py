@@ -6,7 +6,8 @@ from pathlib import Path
 from typing import get_args
 
 from engines.backends.base import BackendChoice
-from stream.config import DETECTOR_NAMES, FACES_MODES, MODEL_PATHS, SMOOTHINGS, FileJobConfig
+from stream.config import (DEFAULT_SMOOTHING_SIGMA, DETECTOR_NAMES, FACES_MODES, FILE_SMOOTHINGS, MODEL_PATHS,
+                           FileJobConfig)
 from stream.media.sink import CODECS
 from stream.modelpack import DEFAULT_PACK
 
@@ -26,8 +27,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--crf", type=int, default=18, help="H.264 quality, 0 (best) to 51 (default 18)")
     parser.add_argument("--no-residual", action="store_true",
                         help="gan path: paste G(w') itself instead of crop + G(w') - G(w)")
-    parser.add_argument("--smoothing", choices=SMOOTHINGS, default="causal",
-                        help="temporal filter of each face's code on the gan path (default causal)")
+    parser.add_argument("--smoothing", choices=FILE_SMOOTHINGS, default="centred",
+                        help="temporal filter of each face's code on the gan path: centred (looks ahead, no lag; "
+                             "default), causal (as live) or off")
+    parser.add_argument("--smoothing-sigma", type=float, default=DEFAULT_SMOOTHING_SIGMA, metavar="FRAMES",
+                        help=f"width of the centred filter in frames (default {DEFAULT_SMOOTHING_SIGMA:g})")
     parser.add_argument("--detect-every", type=int, default=5, metavar="N",
                         help="run the face detector every N frames, track landmarks in between (default 5)")
 
@@ -55,11 +59,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args: argparse.Namespace, **files: Path | None):
-    """ModelConfig from the shared options; `files` names checkpoints that replace the pack's."""
+    """ModelConfig from the shared options; `files` names checkpoints that replace the pack's. (The code
+    smoothing is the job's: FileJobConfig.smoothing.)"""
     from stream.config import ModelConfig
 
     return ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
-                       smoothing=args.smoothing, **files)
+                       **files)
 
 
 def job_config(args: argparse.Namespace) -> FileJobConfig:
@@ -78,13 +83,16 @@ def job_config(args: argparse.Namespace) -> FileJobConfig:
         encoder=EncoderSettings(codec=args.codec, crf=args.crf, preset=args.preset),
         side_by_side=args.side_by_side,
         overwrite=args.overwrite,
+        smoothing=args.smoothing,
+        smoothing_sigma=args.smoothing_sigma,
     )
 
 
 def stage_table(result) -> str:
-    """Milliseconds per stage: mean per call, calls, and the share of the job's wall time."""
+    """Milliseconds per stage: mean per call, calls, and the share of the job's wall time (decode and write
+    run in threads of their own, beside the other stages, so the shares add up to more than 100%)."""
     means = result.times.mean_ms()
-    order = ["decode", "detect", "align", "encode", "edit", "generate", "student", "composite", "write"]
+    order = ["decode", "detect", "align", "encode", "smooth", "edit", "generate", "student", "composite", "write"]
     stages = [s for s in order if s in means] + sorted(s for s in means if s not in order)
     total_ms = result.seconds * 1000.0
     lines = [f"{'stage':<10} {'ms/call':>8} {'calls':>6} {'share':>6}"]

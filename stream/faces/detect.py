@@ -100,10 +100,7 @@ class DlibDetector:
         if self.max_side is not None and max(frame.shape[:2]) > self.max_side:
             scale = self.max_side / max(frame.shape[:2])
             image = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        rects, scores, _ = self._hog.run(np.ascontiguousarray(image), self.upsample, self.threshold)
-        found = [((r.left() / scale, r.top() / scale, (r.right() + 1) / scale, (r.bottom() + 1) / scale),
-                  float(s)) for r, s in zip(rects, scores)]
-        return sorted(found, key=lambda item: -item[1])
+        return self._hog_boxes(image, self.upsample, self.threshold, scale, (0, 0))
 
     def detect(self, frame: Frame) -> list[Face]:
         return [Face(box=box, score=score, landmarks=self.landmarker.refine(frame, box))
@@ -124,9 +121,16 @@ class DlibDetector:
             return []
         scale = min(face_px / side, 1.0)
         region = cv2.resize(frame[ry0:ry1, rx0:rx1], None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        rects, scores, _ = self._hog.run(np.ascontiguousarray(region), 0, threshold)
-        found = [((rx0 + r.left() / scale, ry0 + r.top() / scale, rx0 + (r.right() + 1) / scale,
-                   ry0 + (r.bottom() + 1) / scale), float(sc)) for r, sc in zip(rects, scores)]
+        return self._hog_boxes(region, 0, threshold, scale, (rx0, ry0))
+
+    def _hog_boxes(self, image: np.ndarray, upsample: int, threshold: float, scale: float,
+                   origin: tuple[int, int]) -> list[tuple[Box, float]]:
+        """HOG boxes found in `image`, a copy of the frame region at `origin` scaled by `scale`, mapped back
+        to frame pixels (dlib's right/bottom are inclusive), best first."""
+        rects, scores, _ = self._hog.run(np.ascontiguousarray(image), upsample, threshold)
+        x, y = origin
+        found = [((x + r.left() / scale, y + r.top() / scale, x + (r.right() + 1) / scale,
+                   y + (r.bottom() + 1) / scale), float(score)) for r, score in zip(rects, scores)]
         return sorted(found, key=lambda item: -item[1])
 
 
