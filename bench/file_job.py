@@ -124,7 +124,9 @@ def main() -> int:
     lines = [
         SECTION, "",
         (f"`python bench/file_job.py{' --stand-in' if args.stand_in else ''}` ({pack_note}, crop {pack.crop_size} px; "
-        f"backend {args.backend}; libx264 veryfast crf 18; dlib detector every 5 frames; "
+        f"backend {args.backend}; libx264 veryfast crf 18; dlib detector every 5 frames; decode, tracking "
+        f"and encode in threads of their own, one engine thread per network; gan path with centred code "
+        f"smoothing, sigma 3 frames; "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load average at the end "
         f"{load[0]:.1f}: the machine is shared, so fps vary between runs)."), "",
         "| clip | size | run | fps | vs baseline | ms per call by stage |",

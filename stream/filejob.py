@@ -25,6 +25,10 @@ from stream.types import Frame, StageTimes
 
 log = logging.getLogger(__name__)
 DEFAULT_CROP_SIZE = 256  # FFHQ crop side when no pack states one (loose --student / model files)
+# One CPU thread per network in the file job: decode, tracking and encode already run in threads of their
+# own, and ONNX Runtime's extra pool threads spin while they wait, taking a core from them. On the 2-core
+# machine this raised the student path from about 22 to 32 fps (bench/RESULTS.md, File job).
+FILE_JOB_ENGINE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -42,7 +46,8 @@ class FileJobResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def _student_model(config: ModelConfig, pack: ModelPack | None, edits: Sequence[EditSpec]) -> StudentEditModel:
+def _student_model(config: ModelConfig, pack: ModelPack | None, edits: Sequence[EditSpec],
+                   threads: int | None) -> StudentEditModel:
     from engines.backends import create_engine
     from engines.checkpoints import load_checkpoint
 
@@ -61,12 +66,12 @@ def _student_model(config: ModelConfig, pack: ModelPack | None, edits: Sequence[
         assert pack is not None
         modules = {name: (pack.load_student(name), pack.students[name].strength) for name, _ in edits}
     for name, (module, strength) in modules.items():
-        engine = create_engine(module, config.backend, spec, output_names=("edited",))
+        engine = create_engine(module, config.backend, spec, threads=threads, output_names=("edited",))
         students[name] = (engine, strength)
     return StudentEditModel(students, crop_size=crop_size)
 
 
-def _gan_model(config: ModelConfig, pack: ModelPack | None) -> GanEditModel:
+def _gan_model(config: ModelConfig, pack: ModelPack | None, threads: int | None) -> GanEditModel:
     from engines import load_encoder, load_generator
     from engines.backends import create_engine
     from stream.edits.directions import load_directions
@@ -77,10 +82,11 @@ def _gan_model(config: ModelConfig, pack: ModelPack | None) -> GanEditModel:
     batch = 2 if config.residual else 1  # residual: G(w') and G(w) in one call
     generator_engine = create_engine(
         generator.export_safe(), config.backend,
-        {"wplus": ((batch, generator.num_ws, generator.style_dim), "float32")}, output_names=("image",))
+        {"wplus": ((batch, generator.num_ws, generator.style_dim), "float32")}, threads=threads,
+        output_names=("image",))
     size = encoder.input_size
     encoder_engine = create_engine(encoder.module, config.backend, {"image": ((1, 3, size, size), "float32")},
-                                   output_names=("codes",))
+                                   threads=threads, output_names=("codes",))
     latent_avg = None if encoder.latent_avg is None else encoder.latent_avg.detach().cpu().numpy()
     smoother = None
     if config.smoothing != "off":
@@ -92,8 +98,9 @@ def _gan_model(config: ModelConfig, pack: ModelPack | None) -> GanEditModel:
                         latent_avg=latent_avg, residual=config.residual, smoother=smoother)
 
 
-def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec]) -> EditModel:
-    """The EditModel `config` asks for, with `edits` set. The pack is read unless files replace all of it."""
+def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec], threads: int | None = None) -> EditModel:
+    """The EditModel `config` asks for, with `edits` set. The pack is read unless files replace all of it.
+    threads: CPU threads per engine (None: the backend's default, all cores)."""
     own_gan_files = config.generator and config.encoder and config.directions
     pack = None if (config.student or own_gan_files) else load_pack(config.pack)
     path = config.path
@@ -105,7 +112,7 @@ def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec]) -> EditMode
         covered = pack is not None and edits and all(name in pack.students for name, _ in edits)
         path = "student" if covered else "gan"
     log.info("model: %s path%s", path, f" from pack {pack.root}" if pack is not None else "")
-    model = _student_model(config, pack, edits) if path == "student" else _gan_model(config, pack)
+    model = _student_model(config, pack, edits, threads) if path == "student" else _gan_model(config, pack, threads)
     model.set_edits(edits)
     return model
 
@@ -167,7 +174,7 @@ def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | 
             edits = default_edits(config)
             # the file job's smoothing decides: the model filters causally only when "causal" is asked for
             causal = "causal" if config.smoothing == "causal" else "off"
-            model = build_edit_model(replace(config.model, smoothing=causal), edits)
+            model = build_edit_model(replace(config.model, smoothing=causal), edits, FILE_JOB_ENGINE_THREADS)
             fps = float(info.rate) if info.rate else 30.0
             pipeline = FaceEditPipeline(build_tracker(config.face, fps), model, faces=config.face.faces)
             pipeline.set_edits(edits)

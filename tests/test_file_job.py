@@ -148,11 +148,15 @@ def test_unknown_edit_fails_before_any_frame(pack: Path, tmp_path: Path, monkeyp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sigma", [1.0, 15.0])  # a window shorter than the clip, and one longer than it
-def test_centred_smoothing_keeps_every_frame_and_timestamp(clip: Path, pack: Path, tmp_path: Path,
-                                                           sigma: float) -> None:
-    out = tmp_path / "centred.mp4"
-    result = filejob.run_file_job(job(clip, out, pack, "gan", smoothing="centred", smoothing_sigma=sigma))
+@pytest.mark.parametrize(("smoothing", "sigma"), [
+    ("centred", 1.0),    # a look-ahead window shorter than the clip
+    ("centred", 15.0),   # one longer than the clip: every frame waits for the end
+    ("causal", 3.0),     # the live filter
+])
+def test_code_smoothing_keeps_every_frame_and_timestamp(clip: Path, pack: Path, tmp_path: Path,
+                                                        smoothing: str, sigma: float) -> None:
+    out = tmp_path / "smoothed.mp4"
+    result = filejob.run_file_job(job(clip, out, pack, "gan", smoothing=smoothing, smoothing_sigma=sigma))
     assert result.frames == FRAMES and "smooth" in result.times.counts
     assert video_timestamps(out) == video_timestamps(clip)
     assert audio_packets(out) == audio_packets(clip)

@@ -6,8 +6,14 @@ from pathlib import Path
 from typing import get_args
 
 from engines.backends.base import BackendChoice
-from stream.config import (DEFAULT_SMOOTHING_SIGMA, DETECTOR_NAMES, FACES_MODES, FILE_SMOOTHINGS, MODEL_PATHS,
-                           FileJobConfig)
+from stream.config import (
+    DEFAULT_SMOOTHING_SIGMA,
+    DETECTOR_NAMES,
+    FACES_MODES,
+    FILE_SMOOTHINGS,
+    MODEL_PATHS,
+    FileJobConfig,
+)
 from stream.media.sink import CODECS
 from stream.modelpack import DEFAULT_PACK
 

@@ -58,7 +58,7 @@ class _Worker:
             self._target()
         except _Stopped:
             pass
-        except BaseException as err:  # handed to the owner's thread, which raises it
+        except BaseException as err:  # noqa: BLE001 - handed to the owner's thread, which raises it
             self.error = err
 
     def put(self, item: object) -> float:
