@@ -361,3 +361,16 @@ def test_directions_command_sefa_list_and_discover(tmp_path, capsys):
                               truncation=0.7, seed=0)
     with pytest.raises(UserError, match="no face"):
         command.run(args)
+
+
+def test_direction_set_mixes_published_files_and_project_files(tmp_path):
+    from tests.reference_weights import DIRECTIONS, require
+    from stream.edits.directions import Direction, load_direction_set, save_directions
+
+    smile = require(DIRECTIONS / "smile.pt")
+    own = Direction("mouth_open", np.ones((18, 512), np.float32), [4, 5], 2.0)
+    project = save_directions(tmp_path / "own.safetensors", [own])
+    found = load_direction_set([project, smile], num_ws=18)
+    assert sorted(found) == ["mouth_open", "smile"]
+    assert found["smile"].vector.shape == (18, 512)
+    assert found["mouth_open"].layers == [4, 5]

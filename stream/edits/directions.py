@@ -352,3 +352,15 @@ def load_directions(path: str | os.PathLike, num_ws: int | None = None) -> dict[
                               float(rec.get("default_strength", 1.0)), rec.get("description", ""),
                               rec.get("metadata", {}))
     return out
+
+
+def load_direction_set(paths: Sequence[str | os.PathLike], num_ws: int) -> dict[str, Direction]:
+    """Directions from any mix of project directions files (.safetensors) and published single-direction
+    files (.pt / .npy, named after the file: `smile.pt` -> "smile"), later files overriding earlier names."""
+    found: dict[str, Direction] = {}
+    for path in map(Path, paths):
+        if path.suffix.lower() == ".safetensors":
+            found.update(load_directions(path, num_ws))
+        else:
+            found[path.stem] = load_direction(path, num_ws, name=path.stem)
+    return found
