@@ -63,8 +63,8 @@ def stand_in_pack(root: Path) -> Path:
     return root
 
 
-def edit_job(clip: Path, out: Path, pack: Path, path: str, backend: str) -> FileJobResult:
-    config = FileJobConfig(input=clip, output=out, edits=(("smile", 1.0),),
+def edit_job(clip: Path, out: Path, pack: Path, path: str, backend: str, edit: tuple[str, float]) -> FileJobResult:
+    config = FileJobConfig(input=clip, output=out, edits=(edit,),
                            model=ModelConfig(pack=pack, path=path, backend=backend),
                            face=FaceConfig(), overwrite=True)
     return run_file_job(config)
@@ -103,6 +103,8 @@ def main() -> int:
         args.pack = stand_in_pack(work / "pack")
         pack_note = "stand-in pack (demo-pack architecture, random weights)"
     pack = load_pack(args.pack)
+    # the pack's default edit, which has a student in the demo pack and the stand-in alike
+    edit = pack.default_edit or (sorted(pack.students)[0], 1.0)
     rows = []
     for name in args.clips:
         clip = FACES / f"{name}.mp4"
@@ -115,7 +117,7 @@ def main() -> int:
         rows.append((name, size, "decode + encode only", base_fps, 1.0, ""))
         print(f"{name} {size}: baseline {base_fps:.1f} fps", flush=True)
         for path in args.paths:
-            result = edit_job(clip, work / f"{path}.mp4", args.pack, path, args.backend)
+            result = edit_job(clip, work / f"{path}.mp4", args.pack, path, args.backend, edit)
             rows.append((name, size, path, result.fps, result.fps / base_fps, stage_summary(result)))
             print(f"{name} {size}: {path} {result.fps:.1f} fps ({result.fps / base_fps:.2f} of baseline); "
                   f"ms per call: {stage_summary(result)}", flush=True)
@@ -123,8 +125,9 @@ def main() -> int:
     load = os.getloadavg()
     lines = [
         SECTION, "",
-        (f"`python bench/file_job.py{' --stand-in' if args.stand_in else ''}` ({pack_note}, crop {pack.crop_size} px; "
-        f"backend {args.backend}; libx264 veryfast crf 18; dlib detector every 5 frames; decode, tracking "
+        (f"`python bench/file_job.py{' --stand-in' if args.stand_in else ''}` ({pack_note}, crop {pack.crop_size} px, "
+        f"edit {edit[0]}={edit[1]:g}; "
+        f"backend {args.backend}; libx264 veryfast crf 18; dlib detector every {FaceConfig().detect_every} frames; decode, tracking "
         f"and encode in threads of their own, one engine thread per network; gan path with centred code "
         f"smoothing, sigma 3 frames; "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, load average at the end "

@@ -16,7 +16,7 @@ FacesMode = Literal["all", "largest"]
 FACES_MODES: tuple[str, ...] = get_args(FacesMode)
 ModelPath = Literal["auto", "student", "gan"]
 MODEL_PATHS: tuple[str, ...] = get_args(ModelPath)
-# The model's own smoothing, what live use can have: causal One Euro per face track (stream/edits/smoothing.py)
+# The model's own smoothing, what live use can have: causal One Euro per face track (edits/smoothing.py)
 Smoothing = Literal["causal", "off"]
 SMOOTHINGS: tuple[str, ...] = get_args(Smoothing)
 # A file job may also look ahead: a centred Gaussian over each track's codes (stream/lookahead.py)
@@ -73,11 +73,15 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class FaceConfig:
-    """Face finding: detector backend, how often it runs (landmarks are tracked in between), which faces."""
+    """Face finding: detector backend, how often it runs (landmarks are tracked in between), which faces.
+
+    detect_every 10, the tracker's own default: every frame in between is checked by a local HOG search
+    and a lost face is detected again on that frame, so a longer interval only delays finding a face that
+    newly enters (0.4 s at 25 fps); on the 2-core machine it made the file job 12-19% faster than 5."""
 
     detector: DetectorName = "dlib"
     face_models: Path | None = None
-    detect_every: int = 5
+    detect_every: int = 10
     faces: FacesMode = "all"
 
     def __post_init__(self) -> None:
@@ -111,9 +115,11 @@ class FileJobConfig:
 
     def __post_init__(self) -> None:
         if self.smoothing not in FILE_SMOOTHINGS:
-            raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(FILE_SMOOTHINGS)}")
+            raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of "
+                            f"{', '.join(FILE_SMOOTHINGS)}")
         if not 0 < self.smoothing_sigma <= 30:
-            raise UserError(f"--smoothing-sigma {self.smoothing_sigma}: choose more than 0 and at most 30 frames")
+            raise UserError(f"--smoothing-sigma {self.smoothing_sigma}: choose more than 0 and at most "
+                            "30 frames")
         if Path(self.input).resolve() == Path(self.output).resolve():
             raise UserError(f"{self.output}: the output would overwrite the input; choose another -o")
         names = [name for name, _ in self.edits]

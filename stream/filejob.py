@@ -112,7 +112,10 @@ def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec], threads: in
         covered = pack is not None and edits and all(name in pack.students for name, _ in edits)
         path = "student" if covered else "gan"
     log.info("model: %s path%s", path, f" from pack {pack.root}" if pack is not None else "")
-    model = _student_model(config, pack, edits, threads) if path == "student" else _gan_model(config, pack, threads)
+    if path == "student":
+        model: EditModel = _student_model(config, pack, edits, threads)
+    else:
+        model = _gan_model(config, pack, threads)
     model.set_edits(edits)
     return model
 
@@ -132,9 +135,9 @@ def _located(items: Iterable[TimedFrame | av.Packet], pipeline: FaceEditPipeline
         yield item, pipeline.locate(item.image, item.seconds) if isinstance(item, TimedFrame) else None
 
 
-def _edited_frames(located: Iterable[tuple[TimedFrame | av.Packet, LocatedFaces | None]], writer: BackgroundWriter,
-                   pipeline: FaceEditPipeline, lookahead: LookaheadEditor[TimedFrame] | None
-                   ) -> Iterator[tuple[TimedFrame, Frame]]:
+def _edited_frames(located: Iterable[tuple[TimedFrame | av.Packet, LocatedFaces | None]],
+                   writer: BackgroundWriter, pipeline: FaceEditPipeline,
+                   lookahead: LookaheadEditor[TimedFrame] | None) -> Iterator[tuple[TimedFrame, Frame]]:
     """(input frame, edited image) in input order; audio packets go straight on to the writer."""
     for item, faces in located:
         if not isinstance(item, TimedFrame):

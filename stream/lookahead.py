@@ -45,7 +45,8 @@ class LookaheadEditor(Generic[T]):
     The model's edits are read when a frame goes out, `radius` frames after it came in.
     """
 
-    def __init__(self, pipeline: FaceEditPipeline, sigma: float = DEFAULT_SMOOTHING_SIGMA, radius: int | None = None) -> None:
+    def __init__(self, pipeline: FaceEditPipeline, sigma: float = DEFAULT_SMOOTHING_SIGMA,
+                 radius: int | None = None) -> None:
         if not isinstance(pipeline.model, GanEditModel):
             raise UserError("centred smoothing applies to codes: it needs the generator path (--model gan)")
         self.pipeline = pipeline

@@ -10,10 +10,11 @@ An EditModel turns aligned crops into edited crops:
   DESIGN.md); `residual=False` returns `G(w')` alone, upsampled, and replaces the face region with it.
 - StudentEditModel: a distilled student engine per edit, at the crop's resolution, in one pass.
 
-`FaceEditPipeline.process` is `locate` (tracker, alignment) then `edit` (model, composite); the two are public
-so that a caller can run them in two threads or hold frames between them. Frames without a face, and every frame while no edit has a
-non-zero strength, are returned untouched (the same array). `set_edits` may be called between frames from
-any thread; the new edits apply from the next `process` (or `locate`) call.
+`FaceEditPipeline.process` is `locate` (tracker, alignment) then `edit` (model, composite); the two
+are public so that a caller can run them in two threads or hold frames between them. Frames without a
+face, and every frame while no edit has a non-zero strength, are returned untouched (the same array).
+`set_edits` may be called between frames from any thread; the new edits apply from the next `process`
+(or `locate`) call.
 """
 from __future__ import annotations
 

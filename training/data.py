@@ -124,7 +124,7 @@ def make_split(clips: list[ClipCrops], holdout_clip: str, holdout_frac: float = 
         if clip.name == holdout_clip:
             unseen.append(idx)
         else:
-            cut = len(clip) - max(1, int(round(len(clip) * holdout_frac)))
+            cut = len(clip) - max(1, round(len(clip) * holdout_frac))
             train.append(idx[:cut])
             frames.append(idx[cut:])
         start += len(clip)

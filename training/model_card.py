@@ -85,6 +85,10 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         f"EMA {cfg['ema_decay']}, L1 + (1 - SSIM) weighted towards the face, mouth and eyes; "
         f"{metrics['train_minutes']} min of training steps on 1 shared CPU thread (plus evaluation and checkpoints).",
         f"- Directions, measurements and export: {metrics['export_minutes']} min.", "",
+        "## Default edit",
+        f"- {metrics['default_edit'][0]} at pipeline strength {metrics['default_edit'][1]:g} (vector strength "
+        f"{metrics['default_edit'][1] * metrics.get('default_strength', 1.0):g}).",
+        *[f"- {note}" for note in metrics.get("notes", [])], "",
         "## Metrics", "", *metrics_markdown(metrics, student), "",
         "## Limits",
         "- Nine people: an unseen face inverts to a blurry, partly generic face (see the held-out clip's PSNR). "
@@ -103,6 +107,8 @@ def write_results_section(path: Path, metrics: dict[str, Any], student: dict[str
     """Replace (or append) the '## Demo pack' section of bench/RESULTS.md, keeping every other section."""
     body = "\n".join([SECTION, "", "Measured by `run_stream.py train-pack --export` and `run_stream.py distill` "
                       "(assets/demo_pack/MODEL_CARD.md has the data and commands).", "",
+                      f"Default edit: {metrics['default_edit'][0]} at pipeline strength {metrics['default_edit'][1]:g}.",
+                      *[f"- {note}" for note in metrics.get("notes", [])], "",
                       *metrics_markdown(metrics, student), ""])
     text = path.read_text() if path.exists() else "# Results\n"
     pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)

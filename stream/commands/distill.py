@@ -24,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--strength", type=float, default=None,
                         help="strength to distil at, in the pipeline's units (x the direction's default_strength; "
                              "default: the pack's default edit strength)")
+    parser.add_argument("--make-default", action="store_true",
+                        help="make this edit at this strength the pack's default edit (what `demo` applies)")
     parser.add_argument("--minutes", type=float, default=10.0, help="student training wall time")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (tests)")
     parser.add_argument("--width", type=int, default=32)
@@ -92,10 +94,13 @@ def run(args: argparse.Namespace) -> int:
     student_sheet(student, crops, targets, split, strength, args.sheet)
     save_pack(args.pack, crop_size=pack.crop_size, generator=generator.module, encoder=encoder.module,
               directions=list(directions.values()), students={edit: (student, strength)},
-              latent_avg=encoder.latent_avg, default_edit=pack.default_edit, extra=pack.extra)
+              latent_avg=encoder.latent_avg, default_edit=(edit, strength) if args.make_default else pack.default_edit,
+              extra=pack.extra)
     (args.run / f"student_{edit}_metrics.json").write_text(json.dumps(result, indent=1))
     if metrics is not None:
         metrics["student"] = result
+        if args.make_default:
+            metrics["default_edit"] = [edit, strength]
         metrics_path.write_text(json.dumps(metrics, indent=1))
         write_model_card(args.pack / "MODEL_CARD.md", metrics, result)
         if args.results is not None:

@@ -12,6 +12,7 @@ from stream.config import (
     FACES_MODES,
     FILE_SMOOTHINGS,
     MODEL_PATHS,
+    FaceConfig,
     FileJobConfig,
 )
 from stream.media.sink import CODECS
@@ -34,12 +35,13 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-residual", action="store_true",
                         help="gan path: paste G(w') itself instead of crop + G(w') - G(w)")
     parser.add_argument("--smoothing", choices=FILE_SMOOTHINGS, default="centred",
-                        help="temporal filter of each face's code on the gan path: centred (looks ahead, no lag; "
-                             "default), causal (as live) or off")
+                        help="temporal filter of each face's code on the gan path: centred (looks "
+                             "ahead, no lag; default), causal (as live) or off")
     parser.add_argument("--smoothing-sigma", type=float, default=DEFAULT_SMOOTHING_SIGMA, metavar="FRAMES",
                         help=f"width of the centred filter in frames (default {DEFAULT_SMOOTHING_SIGMA:g})")
-    parser.add_argument("--detect-every", type=int, default=5, metavar="N",
-                        help="run the face detector every N frames, track landmarks in between (default 5)")
+    parser.add_argument("--detect-every", type=int, default=FaceConfig.detect_every, metavar="N",
+                        help="run the face detector every N frames, track landmarks in between "
+                             f"(default {FaceConfig.detect_every})")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -74,7 +76,7 @@ def model_config(args: argparse.Namespace, **files: Path | None):
 
 
 def job_config(args: argparse.Namespace) -> FileJobConfig:
-    from stream.config import FaceConfig, parse_edit
+    from stream.config import parse_edit
     from stream.media.sink import EncoderSettings
 
     model = model_config(args, generator=args.generator, encoder=args.encoder, directions=args.directions,
