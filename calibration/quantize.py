@@ -8,7 +8,6 @@ both hashes and the method: a second run with the same inputs skips the (slow) c
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from typing import Literal, get_args
 import numpy as np
 
 from calibration.datasets import fingerprint_feeds, materialise
+from engines.atomic import atomic_output
 from engines.cache import sha256_file
 from engines.errors import UserError
 from engines.export import find_tensorrt_problems, graph_io_specs
@@ -92,21 +92,15 @@ def quantize_qdq(onnx_path: str | Path, feeds: Iterable[Mapping[str, np.ndarray]
     if method == "percentile":
         extra["CalibPercentile"] = PERCENTILE
     ort_method = {"entropy": OrtMethod.Entropy, "percentile": OrtMethod.Percentile, "minmax": OrtMethod.MinMax}
-    fd, tmp = tempfile.mkstemp(dir=output_path.parent, prefix=f".{output_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with tempfile.TemporaryDirectory(prefix="calibrate-") as work:
-            # shape inference first, as ORT asks; its graph optimisation is skipped so no
-            # ORT-only fused ops end up in a file TensorRT must parse
-            prepared = Path(work) / "prepared.onnx"
-            quant_pre_process(str(onnx_path), str(prepared), skip_optimization=True)
-            quantize_static(str(prepared), tmp, _reader(samples), quant_format=QuantFormat.QDQ,
-                            per_channel=per_channel, activation_type=QuantType.QInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=ort_method[method],
-                            calibration_cache_path=str(cache), extra_options=extra)
-        os.replace(tmp, output_path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_output(output_path) as tmp, tempfile.TemporaryDirectory(prefix="calibrate-") as work:
+        # shape inference first, as ORT asks; its graph optimisation is skipped so no
+        # ORT-only fused ops end up in a file TensorRT must parse
+        prepared = Path(work) / "prepared.onnx"
+        quant_pre_process(str(onnx_path), str(prepared), skip_optimization=True)
+        quantize_static(str(prepared), str(tmp), _reader(samples), quant_format=QuantFormat.QDQ,
+                        per_channel=per_channel, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, calibrate_method=ort_method[method],
+                        calibration_cache_path=str(cache), extra_options=extra)
     import onnx
 
     problems = find_tensorrt_problems(onnx.load(str(output_path)))

@@ -19,7 +19,6 @@ import logging
 import os
 import pickle
 import re
-import tempfile
 import zipfile
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from engines.atomic import atomic_output
 from engines.cache import sha256_file
 from engines.errors import CheckpointError
 from engines.nets.stylegan2 import Generator
@@ -442,19 +442,12 @@ def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.Pa
     metadata = {"format": FORMAT_TAG, "architecture": architecture, "config": json.dumps(config, sort_keys=True),
                 "source_sha256": source_sha256, "source_format": source_format}
     path = Path(path)
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        save_file(tensors, tmp, metadata=metadata)
-        os.replace(tmp, path)
+        with atomic_output(path) as temp:
+            save_file(tensors, str(temp), metadata=metadata)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(err)}); "
                               "choose a writable folder with free space") from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 

@@ -21,8 +21,9 @@ import onnx
 import torch
 from torch import nn
 
+from engines.atomic import atomic_write_bytes
 from engines.backends.base import TensorSpec, as_specs
-from engines.cache import atomic_write_bytes, default_cache_dir
+from engines.cache import default_cache_dir
 from engines.errors import UserError
 
 log = logging.getLogger(__name__)

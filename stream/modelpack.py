@@ -28,13 +28,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from engines.atomic import atomic_write_bytes
 from engines.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -194,11 +193,6 @@ def save_pack(
     if default_edit is not None:
         manifest["default_edit"] = {"name": default_edit[0], "strength": float(default_edit[1])}
     manifest.update(extra or {})
-    fd, tmp = tempfile.mkstemp(prefix=".pack.", suffix=".json", dir=root)
-    with os.fdopen(fd, "w") as handle:
-        json.dump(manifest, handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp makes it private; the pack is meant to be read by anyone
-    os.replace(tmp, root / MANIFEST)
+    atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     log.info("wrote model pack %s", root)
     return load_pack(root)

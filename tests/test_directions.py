@@ -364,8 +364,8 @@ def test_directions_command_sefa_list_and_discover(tmp_path, capsys):
 
 
 def test_direction_set_mixes_published_files_and_project_files(tmp_path):
-    from tests.reference_weights import DIRECTIONS, require
     from stream.edits.directions import Direction, load_direction_set, save_directions
+    from tests.reference_weights import DIRECTIONS, require
 
     smile = require(DIRECTIONS / "smile.pt")
     own = Direction("mouth_open", np.ones((18, 512), np.float32), [4, 5], 2.0)

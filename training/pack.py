@@ -16,7 +16,6 @@ import copy
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ import numpy.typing as npt
 import torch
 from torch import Tensor, nn
 
+from engines.atomic import atomic_output
 from engines.errors import CheckpointError
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
@@ -134,12 +134,11 @@ def new_state(config: PackConfig) -> TrainState:
 def save_state(state: TrainState, run_dir: Path) -> Path:
     """Atomic write of everything a resume needs."""
     path = run_dir / CHECKPOINT
-    tmp = path.with_suffix(".tmp")
-    torch.save({"config": json.dumps(asdict(state.config)), "generator": state.generator.state_dict(),
-                "encoder": state.encoder.state_dict(), "generator_ema": state.generator_ema.state_dict(),
-                "encoder_ema": state.encoder_ema.state_dict(), "optimizer": state.optimizer.state_dict(),
-                "step": state.step, "seconds": state.seconds, "history": json.dumps(state.history)}, tmp)
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        torch.save({"config": json.dumps(asdict(state.config)), "generator": state.generator.state_dict(),
+                    "encoder": state.encoder.state_dict(), "generator_ema": state.generator_ema.state_dict(),
+                    "encoder_ema": state.encoder_ema.state_dict(), "optimizer": state.optimizer.state_dict(),
+                    "step": state.step, "seconds": state.seconds, "history": json.dumps(state.history)}, tmp)
     return path
 
 

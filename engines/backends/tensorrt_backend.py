@@ -19,8 +19,9 @@ import numpy as np
 import torch
 from packaging.version import Version
 
+from engines.atomic import atomic_write_bytes
 from engines.backends.base import Precision, TensorSpec, check_inputs
-from engines.cache import EngineCache, EngineKey, atomic_write_bytes, sha256_bytes
+from engines.cache import EngineCache, EngineKey, sha256_bytes
 from engines.errors import MissingDependency, UserError
 
 log = logging.getLogger(__name__)

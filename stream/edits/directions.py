@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from engines.atomic import atomic_output
 from engines.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -319,9 +320,8 @@ def save_directions(path: str | os.PathLike, directions: Sequence[Direction],
     meta = {"format": DIRECTIONS_FORMAT, "version": DIRECTIONS_VERSION, "directions": json.dumps(records)}
     meta.update(metadata or {})
     out = Path(path)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    save_file({d.name: d.vector for d in directions}, str(tmp), metadata=meta)
-    os.replace(tmp, out)
+    with atomic_output(out) as temp:
+        save_file({d.name: d.vector for d in directions}, str(temp), metadata=meta)
     return out
 
 
