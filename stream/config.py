@@ -42,7 +42,8 @@ class ModelConfig:
     """Which networks edit the faces.
 
     path "student": the pack's students (or `student`, one safetensors for the single edit);
-    "gan": encoder + generator (the pack's unless `encoder` / `generator` name files) with `directions`;
+    "gan": encoder + generator (the pack's unless `encoder` / `generator` name files) with `directions`
+    (directions files of the project, or published .pt / .npy ones; the pack's when empty);
     "auto": the student path when students cover every requested edit, else the generator path.
     residual: GAN crops go back as crop + G(w') - G(w) (True) or as G(w') alone (False).
     smoothing: the GAN model's causal code filter (a file job replaces it by FileJobConfig.smoothing).
@@ -53,7 +54,7 @@ class ModelConfig:
     generator: Path | None = None
     encoder: Path | None = None
     student: Path | None = None
-    directions: Path | None = None
+    directions: tuple[Path, ...] = ()
     backend: str = "auto"
     residual: bool = True
     smoothing: Smoothing = "causal"
@@ -65,10 +66,13 @@ class ModelConfig:
             raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(SMOOTHINGS)}")
         if self.student is not None and (self.generator is not None or self.encoder is not None):
             raise UserError("give either --student or --generator/--encoder, not both")
-        for name in ("generator", "encoder", "student", "directions"):
+        for name in ("generator", "encoder", "student"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise UserError(f"--{name} {value}: file not found")
+        for value in self.directions:
+            if not Path(value).is_file():
+                raise UserError(f"--directions {value}: file not found")
 
 
 @dataclass(frozen=True)

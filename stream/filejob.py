@@ -74,11 +74,12 @@ def _student_model(config: ModelConfig, pack: ModelPack | None, edits: Sequence[
 def _gan_model(config: ModelConfig, pack: ModelPack | None, threads: int | None) -> GanEditModel:
     from engines import load_encoder, load_generator
     from engines.backends import create_engine
-    from stream.edits.directions import load_directions
+    from stream.edits.directions import load_direction_set
 
     generator = load_generator(config.generator or pack.generator)  # type: ignore[union-attr]
     encoder = load_encoder(config.encoder or pack.encoder)  # type: ignore[union-attr]
-    directions = load_directions(config.directions or pack.directions, generator.num_ws)  # type: ignore[union-attr]
+    files = config.directions or (pack.directions,)  # type: ignore[union-attr]
+    directions = load_direction_set(files, generator.num_ws)
     batch = 2 if config.residual else 1  # residual: G(w') and G(w) in one call
     generator_engine = create_engine(
         generator.export_safe(), config.backend,
@@ -101,7 +102,7 @@ def _gan_model(config: ModelConfig, pack: ModelPack | None, threads: int | None)
 def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec], threads: int | None = None) -> EditModel:
     """The EditModel `config` asks for, with `edits` set. The pack is read unless files replace all of it.
     threads: CPU threads per engine (None: the backend's default, all cores)."""
-    own_gan_files = config.generator and config.encoder and config.directions
+    own_gan_files = config.generator and config.encoder and bool(config.directions)
     pack = None if (config.student or own_gan_files) else load_pack(config.pack)
     path = config.path
     if config.student is not None:

@@ -360,7 +360,7 @@ def live_model(model: ModelConfig, face: FaceConfig, edits: Edits, fps: float = 
     from stream.modelpack import load_pack
     from stream.pipeline import FaceEditPipeline
 
-    own_files = model.student or (model.generator and model.encoder and model.directions)
+    own_files = model.student or (model.generator and model.encoder and bool(model.directions))
     pack = None if own_files else load_pack(model.pack)
     students = tuple(sorted(pack.students)) if pack is not None else ()
     use_students = model.path == "student" or (model.path == "auto" and bool(students) and not own_files)

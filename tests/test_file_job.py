@@ -160,3 +160,23 @@ def test_code_smoothing_keeps_every_frame_and_timestamp(clip: Path, pack: Path, 
     assert result.frames == FRAMES and "smooth" in result.times.counts
     assert video_timestamps(out) == video_timestamps(clip)
     assert audio_packets(out) == audio_packets(clip)
+
+
+@pytest.mark.slow
+def test_own_checkpoints_with_a_published_direction_file(clip: Path, pack: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """--generator/--encoder replace the pack, --directions takes InterFaceGAN's smile.pt as it is published."""
+    from tests.reference_weights import DIRECTIONS
+
+    smile = require(DIRECTIONS / "smile.pt")
+    monkeypatch.setattr(cli, "COMMANDS", {"file": "file"})
+    out = tmp_path / "own.mp4"
+    code = cli.main(["file", str(clip), "-o", str(out), "--backend", "torch", "--codec", "lossless",
+                     "--generator", str(pack / "generator.safetensors"),
+                     "--encoder", str(pack / "encoder.safetensors"),
+                     "--directions", str(smile), "--edit", "smile=3", "--smoothing", "off"])
+    assert code == 0
+    assert "gan path" in capsys.readouterr().out
+    assert video_timestamps(out) == video_timestamps(clip)
+    changed = [np.abs(a.astype(int) - b).max() for a, b in zip(decode(out), decode(clip))]
+    assert max(changed) > 0  # the direction moved the faces

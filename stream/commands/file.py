@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import get_args
 
 from engines.backends.base import BackendChoice
+from stream.commands.options import add_checkpoint_arguments
 from stream.config import (
     DEFAULT_SMOOTHING_SIGMA,
     DETECTOR_NAMES,
@@ -50,9 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="video file to write (.mp4 or .mkv)")
     parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                         help="an edit and its strength, e.g. smile=1.0 (repeatable; default: the pack's)")
-    parser.add_argument("--generator", type=Path, help="generator checkpoint (gan path; default: the pack's)")
-    parser.add_argument("--encoder", type=Path, help="encoder checkpoint (gan path; default: the pack's)")
-    parser.add_argument("--directions", type=Path, help="directions file (gan path; default: the pack's)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--student", type=Path, metavar="FILE",
                         help="student checkpoint for the single --edit (student path; --model student uses "
                              "the pack's students)")
@@ -79,7 +78,7 @@ def job_config(args: argparse.Namespace) -> FileJobConfig:
     from stream.config import parse_edit
     from stream.media.sink import EncoderSettings
 
-    model = model_config(args, generator=args.generator, encoder=args.encoder, directions=args.directions,
+    model = model_config(args, generator=args.generator, encoder=args.encoder, directions=tuple(args.directions),
                          student=args.student)
     return FileJobConfig(
         input=args.input,

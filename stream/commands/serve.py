@@ -12,8 +12,11 @@ import argparse
 import logging
 import socket
 from pathlib import Path
+from typing import get_args
 
+from engines.backends.base import BackendChoice
 from engines.errors import UserError
+from stream.commands.options import add_checkpoint_arguments
 from stream.config import FACES_MODES, MODEL_PATHS, SMOOTHINGS
 from stream.faces.detect import DETECTOR_NAMES
 from stream.modelpack import DEFAULT_PACK
@@ -29,10 +32,11 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                         help="edit applied from the start, e.g. smile=1.0 (default: the pack's)")
     parser.add_argument("--pack", type=Path, default=DEFAULT_PACK, metavar="DIR",
                         help="model pack folder (default: assets/demo_pack)")
+    add_checkpoint_arguments(parser)
     parser.add_argument("--model", choices=MODEL_PATHS, default="auto",
                         help="student (distilled, fast) or gan (encoder + generator); auto: student when the "
                              "pack has students")
-    parser.add_argument("--backend", default="auto", choices=("auto", "tensorrt", "onnxruntime", "torch"),
+    parser.add_argument("--backend", default="auto", choices=get_args(BackendChoice),
                         help="inference backend (auto: TensorRT, then ONNX Runtime, then PyTorch)")
     parser.add_argument("--no-residual", action="store_true",
                         help="gan path: paste G(w') itself instead of crop + G(w') - G(w)")
@@ -51,7 +55,8 @@ def live_model_from_args(args: argparse.Namespace, fps: float = 30.0):
 
     edits = [parse_edit(text) for text in args.edit]
     model = ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
-                        smoothing=args.smoothing)
+                        smoothing=args.smoothing, generator=args.generator, encoder=args.encoder,
+                        directions=tuple(args.directions))
     face = FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
                       faces=args.faces)
     return live_model(model, face, edits, fps)
