@@ -25,10 +25,10 @@ from stream.types import Frame, StageTimes
 
 log = logging.getLogger(__name__)
 DEFAULT_CROP_SIZE = 256  # FFHQ crop side when no pack states one (loose --student / model files)
-# One CPU thread per network in the file job: decode, tracking and encode already run in threads of their
-# own, and ONNX Runtime's extra pool threads spin while they wait, taking a core from them. On the 2-core
-# machine this raised the student path from about 22 to 32 fps (bench/RESULTS.md, File job).
-FILE_JOB_ENGINE_THREADS = 1
+# One CPU thread per network in the file job and live: decode, tracking and encode already run in threads
+# of their own, and ONNX Runtime's extra pool threads spin while they wait, taking a core from them. On the
+# 2-core machine this raised the file job's student path from about 22 to 32 fps (bench/RESULTS.md, File job).
+ENGINE_THREADS = 1
 
 
 @dataclass(frozen=True)
@@ -178,7 +178,7 @@ def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | 
             edits = default_edits(config)
             # the file job's smoothing decides: the model filters causally only when "causal" is asked for
             causal = "causal" if config.smoothing == "causal" else "off"
-            model = build_edit_model(replace(config.model, smoothing=causal), edits, FILE_JOB_ENGINE_THREADS)
+            model = build_edit_model(replace(config.model, smoothing=causal), edits, ENGINE_THREADS)
             fps = float(info.rate) if info.rate else 30.0
             pipeline = FaceEditPipeline(build_tracker(config.face, fps), model, faces=config.face.faces)
             pipeline.set_edits(edits)

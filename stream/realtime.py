@@ -356,7 +356,7 @@ def live_model(model: ModelConfig, face: FaceConfig, edits: Edits, fps: float = 
     whenever the pack has students; the networks load once here, to fail before anything starts, and
     that first pipeline goes to the first stream.
     """
-    from stream.filejob import build_edit_model, build_tracker
+    from stream.filejob import ENGINE_THREADS, build_edit_model, build_tracker
     from stream.modelpack import load_pack
     from stream.pipeline import FaceEditPipeline
 
@@ -368,7 +368,8 @@ def live_model(model: ModelConfig, face: FaceConfig, edits: Edits, fps: float = 
     config = replace(model, path="student" if use_students else ("gan" if model.path == "auto" else model.path))
 
     def build() -> FaceEditPipeline:
-        return FaceEditPipeline(build_tracker(face, fps), build_edit_model(config, zero), faces=face.faces)
+        return FaceEditPipeline(build_tracker(face, fps), build_edit_model(config, zero, ENGINE_THREADS),
+                                 faces=face.faces)
 
     first = [build()]
     names = tuple(first[0].model.names)
