@@ -23,6 +23,7 @@ sys.path.insert(0, str(ROOT))
 from stream.composite import face_mask, paste_back
 from stream.faces.align import ffhq_affine, landmarks5_from_68, transform_points, warp_to_crop
 from stream.faces.detect import DlibDetector
+from stream.faces.stability import crop_jitter_and_lag
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
 CLIPS = {"512x512": "d3", "1280x720": "s18"}
@@ -115,30 +116,6 @@ def contact_sheet(out_path: Path, crop: int = 192) -> int:
     return len(faces)
 
 
-def jitter_and_lag(clip: str, frames: int = 150) -> tuple[float, float, float]:
-    """Mean frame-to-frame movement of the 68 landmarks in their own aligned crop (per mille of the crop
-    side) without and with smoothing, and the lag (frames) of the smoothed centroid: the measure that
-    tests/test_faces_track.py asserts."""
-    from stream.faces.track import FaceTracker
-
-    detector = DlibDetector()
-    video = read_frames(FACES / f"{clip}.mp4", limit=frames)
-    tracks = {}
-    for smoothing in (False, True):
-        tracker = FaceTracker(detector, smoothing=smoothing, fps=30.0)
-        tracks[smoothing] = np.array([tracker.update(f)[0].landmarks for f in video], dtype=np.float64)
-    jitter = {}
-    for smoothing, lms in tracks.items():
-        in_crop = np.array([transform_points(ffhq_affine(lm, 1), lm) for lm in lms])
-        jitter[smoothing] = float(np.linalg.norm(np.diff(in_crop, axis=0), axis=-1).mean()) * 1000.0
-    raw, smooth = tracks[False].mean(axis=1), tracks[True].mean(axis=1)
-    t = np.arange(len(raw), dtype=np.float64)
-    shifts = np.arange(0.0, 3.01, 0.05)
-    errors = [np.linalg.norm(smooth[10:] - np.stack([np.interp(t - k, t, raw[:, j]) for j in (0, 1)], 1)[10:],
-                             axis=1).mean() for k in shifts]
-    return jitter[False], jitter[True], float(shifts[int(np.argmin(errors))])
-
-
 def fit_template() -> np.ndarray:
     """Mean 5-point position in the 68-point FFHQ crop over every 5th frame of every clip (see align.py)."""
     detector = DlibDetector()
@@ -195,7 +172,8 @@ def main() -> int:
                   f"outside mask unchanged: {untouched}")
     jitter_rows = []
     for path in sorted(FACES.glob("*.mp4")):
-        raw, smooth, lag = jitter_and_lag(path.stem)
+        raw, smooth, lag = crop_jitter_and_lag(DlibDetector(), read_frames(path, limit=150))
+        raw, smooth = raw * 1000.0, smooth * 1000.0  # per mille of the crop side
         jitter_rows.append((path.stem, raw, smooth, lag))
         print(f"{path.stem}: jitter {raw:.2f} -> {smooth:.2f} per mille ({raw / smooth:.2f}x), lag {lag:.2f} frames")
     sheet = ROOT / "bench" / "faces_contact_sheet.png"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from stream.faces.align import ffhq_affine, transform_points
 from stream.faces.detect import DlibDetector
+from stream.faces.stability import crop_jitter_and_lag
 from stream.faces.track import FaceTracker, box_iou
 from tests.test_faces_detect import clip_frames
 
@@ -95,31 +95,10 @@ def test_smoother_keeps_a_still_face_and_follows_a_moved_one():
     assert np.abs(out[-1] - moved).max() < 1.0
 
 
-def crop_jitter_and_lag(detector, clip: str) -> tuple[float, float, float]:
-    """(jitter raw, jitter smoothed, lag in frames): jitter is the mean frame-to-frame movement of the 68
-    landmarks in their own aligned crop (fraction of the crop side); lag is the shift that best lines up
-    the smoothed landmark centroid with the raw one."""
-    frames = clip_frames(clip, limit=150)
-    tracks = {}
-    for smoothing in (False, True):
-        tracker = FaceTracker(detector, smoothing=smoothing, fps=30.0)
-        tracks[smoothing] = np.array([tracker.update(f)[0].landmarks for f in frames], dtype=np.float64)
-    jitter = {}
-    for smoothing, lms in tracks.items():
-        in_crop = np.array([transform_points(ffhq_affine(lm, 1), lm) for lm in lms])
-        jitter[smoothing] = float(np.linalg.norm(np.diff(in_crop, axis=0), axis=-1).mean())
-    raw, smooth = tracks[False].mean(axis=1), tracks[True].mean(axis=1)
-    t = np.arange(len(raw), dtype=np.float64)
-    shifts = np.arange(0.0, 3.01, 0.05)
-    errors = [np.linalg.norm(smooth[10:] - np.stack([np.interp(t - k, t, raw[:, j]) for j in (0, 1)], 1)[10:],
-                             axis=1).mean() for k in shifts]
-    return jitter[False], jitter[True], float(shifts[int(np.argmin(errors))])
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("clip", ["d0", "d11", "d12", "d13", "d18", "d19", "d20", "d3", "s18"])
 def test_smoothing_reduces_jitter(detector, clip):
-    raw, smooth, lag = crop_jitter_and_lag(detector, clip)
+    raw, smooth, lag = crop_jitter_and_lag(detector, clip_frames(clip, limit=150))
     assert raw / smooth >= 2.0, f"{clip}: jitter {raw:.5f} -> {smooth:.5f}"
     if clip == "d12":  # the fastest-moving clip (mean landmark speed 0.13 face sizes per frame)
         assert lag <= 1.0, f"{clip}: smoothed landmarks lag {lag:.2f} frames"
