@@ -192,6 +192,8 @@ def evaluate_videos(input_path: str | os.PathLike, output_path: str | os.PathLik
     """evaluate_frames over two video files (the output an edit of the input, frame for frame)."""
     from stream.media.source import FileSource
 
+    if max_frames is not None and max_frames < 1:
+        raise UserError(f"--max-frames {max_frames}: must be >= 1")
     with FileSource(input_path) as src_in, FileSource(output_path) as src_out:
         fps = float(src_in.info.rate) if src_in.info.rate else 30.0
         frames_in = (f.image for f in src_in.frames())

@@ -36,3 +36,17 @@ def test_demo_writes_side_by_side_with_timings(tmp_path: Path, monkeypatch: pyte
         assert (edited.info.width, edited.info.height) == (1024, 512)
     assert video_timestamps(out) == video_timestamps(sample)
     assert audio_packets(out) == audio_packets(sample)
+
+
+@pytest.mark.parametrize("extra, match", [(["--edit", "nonsense"], "NAME=STRENGTH"),
+                                          (["-o", "FILE/demo.mp4"], "cannot create its folder")])
+def test_demo_rejects_bad_arguments_before_building_the_sample(tmp_path: Path, capsys, extra, match) -> None:
+    """One error line and exit 2, with no sample clip (or folder) left behind."""
+    blocker = tmp_path / "file"
+    blocker.write_text("a file, not a folder")
+    out = tmp_path / "demo" / "demo.mp4"
+    argv = ["demo", "-o", str(out), "--pack", str(make_random_pack(tmp_path / "pack").root)]
+    argv += [str(blocker / "demo.mp4") if item == "FILE/demo.mp4" else item for item in extra]
+    assert cli.main(argv) == 2
+    assert match in capsys.readouterr().err
+    assert not out.parent.exists()

@@ -374,3 +374,13 @@ def test_direction_set_mixes_published_files_and_project_files(tmp_path):
     assert sorted(found) == ["mouth_open", "smile"]
     assert found["smile"].vector.shape == (18, 512)
     assert found["mouth_open"].layers == [4, 5]
+
+
+def test_directions_list_of_a_dict_that_is_not_ganspace_is_a_user_error(tmp_path):
+    """A .pt dict with 'comp' but no 'std' once raised KeyError from `directions list`."""
+    from stream.commands import directions as command
+
+    path = tmp_path / "half.pt"
+    torch.save({"comp": torch.zeros(3, 1, 512)}, path)
+    with pytest.raises(UserError, match="holds a dict"):
+        command.run(argparse.Namespace(action="list", run_action=command._list, file=path, pack=None, num_ws=18))

@@ -113,3 +113,26 @@ def test_videos_and_the_command(tmp_path, clip, measurer, capsys):
     assert "TL-ID" in printed and "flicker" in printed and "smile" in printed
     saved = json.loads((tmp_path / "m.json").read_text())
     assert saved["frames"] == 6 and set(saved["attributes"]) >= {"smile", "yaw"}
+
+
+@pytest.mark.parametrize("every, max_frames, json_name, match", [
+    (0, None, None, "--every"),
+    (1, -1, None, "--max-frames"),
+    (1, 2, "missing/m.json", "--json"),
+    (1, 2, None, "not a readable video"),
+])
+def test_command_rejects_bad_arguments_before_measuring(tmp_path, every, max_frames, json_name, match):
+    """A bad option or unreadable OUT is one clear error up front, not a traceback after the work."""
+    bad = tmp_path / "out.mp4"
+    bad.write_text("not a video")
+    good = require(FACES / "d18.mp4")
+    output = bad if match == "not a readable video" else good
+    args = argparse.Namespace(input=good, output=output, every=every, max_frames=max_frames,
+                              json=tmp_path / json_name if json_name else None)
+    with pytest.raises(UserError, match=match):
+        evaluate_command.run(args)
+
+
+def test_videos_reject_a_negative_frame_limit(tmp_path):
+    with pytest.raises(UserError, match="--max-frames"):
+        evaluate_videos(tmp_path / "a.mp4", tmp_path / "b.mp4", max_frames=-1)

@@ -407,3 +407,19 @@ def test_tls_serves_the_page_over_https(tmp_path) -> None:
             assert json.loads(response.read())["edits"] == []
     finally:
         server.stop()
+
+
+def test_a_server_that_cannot_listen_raises_and_releases_its_loop() -> None:
+    import socket
+
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        options = ServeOptions(port=busy.getsockname()[1])
+        server = ServerThread(create_app(options, Recorder, []), options)
+        with pytest.raises(OSError):
+            server.start()
+    assert server.loop.is_closed()
+    server.stop()  # stopping a server that never started is harmless

@@ -117,3 +117,36 @@ def test_train_pack_resumes_exports_and_distills(tmp_path: Path):
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     assert student(x).shape == x.shape
     assert "Distilled student" in (pack_dir / "MODEL_CARD.md").read_text()
+
+
+def test_run_option_reaches_train_pack_and_distill_through_the_cli(tmp_path: Path, capsys):
+    """`--run DIR` once overwrote the CLI's entry point (args.run): both commands died with a TypeError."""
+    from stream import cli
+
+    run = tmp_path / "run"
+    assert cli.main(["train-pack", "--data", str(tmp_path / "none"), "--run", str(run), "--minutes", "0"]) == 2
+    assert "no crop cache" in capsys.readouterr().err
+    assert not run.exists()  # a failed start leaves no empty run folder
+    assert cli.main(["distill", "--pack", str(tmp_path / "nopack"), "--run", str(run)]) == 2
+    assert "pack.json" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert cli.main(["train-pack", "--data", str(tmp_path / "none"), "--run", str(blocker), "--minutes", "0"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_distill_pairs_cache_is_never_half_written(tmp_path: Path, monkeypatch):
+    from stream.commands import distill
+
+    path = tmp_path / "pairs_smile_1.npy"
+    distill.save_pairs(path, np.zeros((2, 4, 4, 3), np.uint8))
+    assert np.load(path).shape == (2, 4, 4, 3)
+
+    def interrupted(handle, _array):
+        handle.write(b"\x93NUMPY partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        distill.save_pairs(tmp_path / "pairs_smile_2.npy", np.zeros(3))
+    assert not (tmp_path / "pairs_smile_2.npy").exists() and not list(tmp_path.glob(".*.tmp"))

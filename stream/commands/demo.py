@@ -29,14 +29,19 @@ def run(args: argparse.Namespace) -> int:
 
     if not 0.5 <= args.seconds <= 60:
         raise UserError(f"--seconds {args.seconds}: choose 0.5 to 60")
-    load_pack(args.pack)  # a missing or broken pack fails before the sample clip is built
-    args.output.parent.mkdir(parents=True, exist_ok=True)
+    # bad edits, a missing or broken pack and an unusable output folder fail before the sample clip is built
+    edits = tuple(parse_edit(text) for text in args.edit)
+    load_pack(args.pack)
+    try:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"-o {args.output}: cannot create its folder ({err.strerror}); choose another -o") from None
     sample = build_sample_clip(args.output.with_name(f"{args.output.stem}_input.mp4"), seconds=args.seconds)
     print(f"sample clip: {sample} (scikit-image's astronaut photo, panned and zoomed, with a tone)")
     config = FileJobConfig(
         input=sample,
         output=args.output,
-        edits=tuple(parse_edit(text) for text in args.edit),
+        edits=edits,
         model=model_config(args),
         face=FaceConfig(faces=args.faces, detect_every=args.detect_every),
         side_by_side=True,

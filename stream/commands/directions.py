@@ -82,13 +82,14 @@ def _list(args: argparse.Namespace) -> int:
     from stream.edits.directions import read_direction_file
 
     obj = read_direction_file(path)
-    if isinstance(obj, dict) and "comp" in obj:
+    if isinstance(obj, dict) and {"comp", "std"} <= set(obj):  # other dicts: load_direction says what is wrong
         comp, std = np.asarray(obj["comp"]), np.asarray(obj["std"]).reshape(-1)
         print(f"  GANSpace PCA: {comp.shape[0]} components of {comp.shape[-1]} (shape {list(comp.shape)}); "
               f"std of the first five: {', '.join(f'{s:.3f}' for s in std[:5])}")
         print("  use a component with load_ganspace(path, index, num_ws)")
         return 0
-    print(f"  tensor of shape {list(np.shape(obj))}")
+    if not isinstance(obj, dict):
+        print(f"  tensor of shape {list(np.shape(obj))}")
     _print_direction(load_direction(path, args.num_ws))
     return 0
 

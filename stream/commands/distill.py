@@ -18,7 +18,8 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pack", type=Path, default=_REPO / "assets" / "demo_pack", help="model pack folder")
-    parser.add_argument("--run", type=Path, required=True,
+    # dest run_dir: the CLI keeps the command's entry point in args.run
+    parser.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="RUN",
                         help="train-pack run folder (its crops/ cache and split); pairs are cached here")
     parser.add_argument("--edit", default=None, help="edit to distil (default: the pack's default edit)")
     parser.add_argument("--strength", type=float, default=None,
@@ -34,6 +35,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--sheet", type=Path, default=_REPO / "bench" / "student_contact_sheet.png")
     parser.add_argument("--results", type=Path, default=None, help="bench/RESULTS.md to update")
+
+
+def save_pairs(path: Path, targets) -> None:
+    """Cache the teacher's pairs atomically: a later run reuses the file, so it must never be half written."""
+    import numpy as np
+
+    from engines.atomic import atomic_output
+
+    with atomic_output(path) as temp, open(temp, "wb") as handle:
+        np.save(handle, targets)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,18 +73,18 @@ def run(args: argparse.Namespace) -> int:
     metrics_path = args.pack / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
     holdout = metrics["faces"]["heldout_clip_name"] if metrics else "d19"
-    clips = load_cache(args.run / "crops")
+    clips = load_cache(args.run_dir / "crops")
     crops, landmarks = concat(clips)
     split = make_split(clips, holdout)
 
-    pairs_path = args.run / f"pairs_{edit}_{strength:g}.npy"
+    pairs_path = args.run_dir / f"pairs_{edit}_{strength:g}.npy"
     if pairs_path.exists():
         targets = np.load(pairs_path)
     else:
         targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 128], directions[edit],
                                              strength * directions[edit].default_strength)
                                   for i in tqdm(range(0, len(crops), 128), desc="teacher pairs", unit="batch")])
-        np.save(pairs_path, targets)
+        save_pairs(pairs_path, targets)
     config = DistillConfig(edit, strength, width=args.width, depth=args.depth, batch=args.batch)
     total = int(args.minutes * 60)
     with tqdm(total=total, desc="training student", unit="s") as bar:
@@ -96,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
               directions=list(directions.values()), students={edit: (student, strength)},
               latent_avg=encoder.latent_avg, default_edit=(edit, strength) if args.make_default else pack.default_edit,
               extra=pack.extra)
-    (args.run / f"student_{edit}_metrics.json").write_text(json.dumps(result, indent=1))
+    (args.run_dir / f"student_{edit}_metrics.json").write_text(json.dumps(result, indent=1))
     if metrics is not None:
         metrics["student"] = result
         if args.make_default:

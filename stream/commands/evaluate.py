@@ -20,10 +20,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from engines.errors import UserError
     from stream.evaluate import evaluate_videos
     from stream.media.source import FileSource
 
-    with FileSource(args.input) as source:
+    # every check that can fail runs before the (long) measuring, not after it
+    if args.every < 1:
+        raise UserError(f"--every {args.every}: must be >= 1")
+    if args.max_frames is not None and args.max_frames < 1:
+        raise UserError(f"--max-frames {args.max_frames}: must be >= 1")
+    if args.json is not None and not args.json.parent.is_dir():
+        raise UserError(f"--json {args.json}: folder {args.json.parent} does not exist; create it or choose another")
+    with FileSource(args.input) as source, FileSource(args.output):
         total = source.info.frames or None
     if args.max_frames is not None:
         total = min(total or args.max_frames, args.max_frames)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from engines.errors import UserError
+
 HELP = "train the demo model pack (encoder + small StyleGAN2) from face videos; resumable; --export writes it"
 
 _REPO = Path(__file__).resolve().parents[2]
@@ -20,7 +22,8 @@ _SHARED_FACES = _REPO.parent / "shared" / "data" / "faces"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", type=Path, default=_SHARED_FACES, help="folder of face videos (*.mp4)")
-    parser.add_argument("--run", type=Path, required=True,
+    # dest run_dir: the CLI keeps the command's entry point in args.run
+    parser.add_argument("--run", dest="run_dir", type=Path, required=True, metavar="RUN",
                         help="run folder for the crop cache, checkpoints and logs (keep it outside the repo)")
     parser.add_argument("--minutes", type=float, default=50.0, help="training wall time to add in this call (0: none)")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (tests)")
@@ -48,15 +51,18 @@ def run(args: argparse.Namespace) -> int:
     from training.pack import PackConfig, open_run, prepare_data, train
 
     torch.set_num_threads(args.threads)
-    crops_dir = args.run / "crops"
+    if args.run_dir.exists() and not args.run_dir.is_dir():
+        raise UserError(f"--run {args.run_dir}: is a file, not a folder; choose a run folder")
+    crops_dir = args.run_dir / "crops"
     clips = sorted(args.data.glob("*.mp4")) if args.data.is_dir() else []
     if clips and len(list(crops_dir.glob("*.npz"))) < len(clips):
         for clip in tqdm(build_cache(args.data, crops_dir), total=len(clips), desc="aligning faces", unit="clip"):
             tqdm.write(f"  {clip.name}: {len(clip)} faces")
     config = PackConfig(size=args.size, generator_width=args.generator_width, encoder_width=args.encoder_width,
                         batch=args.batch, lr=args.lr, holdout_clip=args.holdout_clip)
-    state = open_run(args.run, config)
-    data = prepare_data(load_cache(crops_dir), state.config)
+    cache = load_cache(crops_dir)  # before open_run, so a missing cache leaves no empty run folder behind
+    state = open_run(args.run_dir, config)
+    data = prepare_data(cache, state.config)
     print(f"training on {len(data.split.train)} crops; held out: {len(data.split.heldout_frames)} frames, "
           f"{len(data.split.heldout_clip)} of clip {state.config.holdout_clip}")
     if args.minutes > 0:
@@ -68,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.refresh()
 
             start_seconds = state.seconds
-            state = train(state, data, args.run, args.minutes, args.checkpoint_minutes, on_step, args.max_steps)
+            state = train(state, data, args.run_dir, args.minutes, args.checkpoint_minutes, on_step, args.max_steps)
         last = state.history[-1]
         print(f"step {state.step}, {state.seconds / 60:.1f} min trained: PSNR {last['psnr_heldout_frames']:.2f} dB "
               f"held-out frames, {last['psnr_heldout_clip']:.2f} dB held-out clip")
@@ -87,6 +93,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    return (f"run_stream.py train-pack --data {args.data} --run {args.run} --minutes {args.minutes:g} "
+    return (f"run_stream.py train-pack --data {args.data} --run {args.run_dir} --minutes {args.minutes:g} "
             f"--size {args.size} --generator-width {args.generator_width} --encoder-width {args.encoder_width} "
             f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip}")

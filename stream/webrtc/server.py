@@ -228,6 +228,9 @@ class ServerThread:
             self.loop.run_until_complete(self._serve())
         except BaseException as err:  # noqa: BLE001 - re-raised by start() on the caller's thread
             self._error = err
+            # a failed start (port in use, bad certificate) must not leak the runner, its sockets or the loop
+            self.loop.run_until_complete(self._runner.cleanup())
+            self.loop.close()
             self._started.set()
             return
         self._started.set()
@@ -246,5 +249,6 @@ class ServerThread:
         return asyncio.run_coroutine_threadsafe(coro_fn(), self.loop).result(timeout)  # type: ignore[arg-type]
 
     def stop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        if not self.loop.is_closed():  # a failed start has closed it already
+            self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(30)
