@@ -7,10 +7,11 @@ is refused with 503 and a JSON message, never queued.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,6 +58,10 @@ class PeerRegistry:
     max_peers: int
     sessions: dict[int, PeerSession] = field(default_factory=dict)
     pending: int = 0
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_id(self) -> int:
+        return next(self._ids)
 
     def full(self) -> bool:
         return len(self.sessions) + self.pending >= self.max_peers
@@ -123,7 +128,7 @@ async def _offer(request: web.Request) -> web.Response:
     try:
         loop = asyncio.get_running_loop()
         processor = await loop.run_in_executor(None, state.factory)  # may load models: not on the loop
-        session = PeerSession(pc, processor, state.edit_names, registry.remove)
+        session = PeerSession(pc, processor, state.edit_names, registry.remove, registry.next_id())
         if state.default_edit is not None:
             session.worker.set_edits([state.default_edit])
         await pc.setRemoteDescription(offer)

@@ -9,7 +9,6 @@ tasks, stops the worker thread and closes the peer connection, exactly once.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import json
 import logging
 import math
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 
 STATS_INTERVAL_S = 0.5
 MAX_STRENGTH = 10.0
-_session_ids = itertools.count(1)
 
 
 def to_timed(frame: av.VideoFrame) -> TimedFrame:
@@ -87,8 +85,9 @@ class PeerSession:
         processor: FrameProcessor,
         edit_names: Sequence[str],
         on_closed: Callable[[PeerSession], None],
+        session_id: int,
     ) -> None:
-        self.id = next(_session_ids)
+        self.id = session_id
         self.pc = pc
         self.edit_names = list(edit_names)
         self._loop = asyncio.get_running_loop()
