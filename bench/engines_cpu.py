@@ -14,7 +14,6 @@ import argparse
 import logging
 import os
 import platform
-import re
 import statistics
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from calibration import crops_to_feeds, quantize_qdq, relative_l2, wplus_feeds
 from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
 from engines.backends.torch_backend import TorchEngine
 from engines.export import export_onnx
+from stream.report import write_section
 
 log = logging.getLogger("bench.engines_cpu")
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -203,14 +203,6 @@ def _ort_version() -> str:
     return onnxruntime.__version__
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace (or append) the Engines section, keeping every other section as it is."""
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text + "\n", old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=10, help="timed runs per engine (heavy networks: 3)")
@@ -230,7 +222,7 @@ def main() -> int:
     text = table(rows, args.threads, args.runs)
     print(text)
     if args.write:
-        write_section(text)
+        write_section(RESULTS, text)
     return 0
 
 

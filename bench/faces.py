@@ -9,7 +9,6 @@ Numbers are printed and recorded, never asserted.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from stream.composite import face_mask, paste_back
 from stream.faces.align import ffhq_affine, landmarks5_from_68, transform_points, warp_to_crop
 from stream.faces.detect import DlibDetector
 from stream.faces.stability import crop_jitter_and_lag
+from stream.report import write_section
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
 CLIPS = {"512x512": "d3", "1280x720": "s18"}
@@ -133,14 +133,6 @@ def fit_template() -> np.ndarray:
     return points.mean(axis=0)
 
 
-def write_results(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=40, help="frames timed per clip")
@@ -206,7 +198,7 @@ def main() -> int:
               for clip, raw, smooth, lag in jitter_rows]
     lines += ["", (f"Contact sheet of t1.jpg: {found} faces, bench/faces_contact_sheet.png "
                    "(top row 68-point recipe, bottom row 5-point template)."), ""]
-    write_results("\n".join(lines) + "\n")
+    write_section(ROOT / "bench" / "RESULTS.md", "\n".join(lines))
     return 0
 
 

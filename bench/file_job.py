@@ -25,6 +25,7 @@ from stream.config import FaceConfig, FileJobConfig, ModelConfig
 from stream.filejob import FileJobResult, run_file_job
 from stream.media import FileSink, FileSource
 from stream.modelpack import DEFAULT_PACK, MANIFEST, load_pack
+from stream.report import write_section
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -73,18 +74,6 @@ def edit_job(clip: Path, out: Path, pack: Path, path: str, backend: str, edit: t
 def stage_summary(result: FileJobResult) -> str:
     means = result.times.mean_ms()
     return ", ".join(f"{stage} {ms:.1f}" for stage, ms in means.items())
-
-
-def write_section(text: str) -> None:
-    """Replace (or append) the File job section of RESULTS.md, keeping every other section."""
-    old = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if SECTION in old:
-        head, rest = old.split(SECTION, 1)
-        tail = rest[rest.find("\n## "):] if "\n## " in rest else ""
-        new = head + text.rstrip() + "\n" + tail
-    else:
-        new = old.rstrip() + "\n\n" + text.rstrip() + "\n"
-    RESULTS.write_text(new)
 
 
 def main() -> int:
@@ -140,7 +129,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write_results:
-        write_section(text)
+        write_section(RESULTS, text)
     return 0
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import resource
 import sys
 import tempfile
@@ -30,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from stream.config import FaceConfig, ModelConfig
 from stream.realtime import live_model
+from stream.report import write_section
 from stream.types import Frame, StageTimes
 from stream.webrtc import harness
 from stream.webrtc.server import ServeOptions, ServerThread, create_app
@@ -122,14 +122,6 @@ def measure(playwright, features: str, pack: Path, path: str, size: tuple[int, i
                browser_stats.get("send_kbps", 0), after.stage_ms)
 
 
-def write_section(text: str) -> None:
-    path = ROOT / "bench" / "RESULTS.md"
-    old = path.read_text() if path.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    path.write_text(new)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--pack", type=Path, default=DEMO_PACK, help="model pack (default: the demo pack)")
@@ -180,7 +172,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     if not args.no_write:
-        write_section(text)
+        write_section(ROOT / "bench" / "RESULTS.md", text)
 
 
 def _reading(runs: list[Run]) -> list[str]:

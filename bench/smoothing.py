@@ -19,7 +19,6 @@ the results). Writes the "## Edits" section of bench/RESULTS.md with --write (ot
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
 from collections.abc import Callable
@@ -46,6 +45,7 @@ from stream.faces.align import ffhq_affine, warp_to_crop
 from stream.faces.detect import DlibDetector
 from stream.faces.track import FaceTracker
 from stream.media.source import FileSource
+from stream.report import write_section
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
 RESULTS = ROOT / "bench" / "RESULTS.md"
@@ -207,13 +207,6 @@ def measure(crops: np.ndarray, resid: np.ndarray, mask: np.ndarray) -> tuple[flo
     return dc, de, dr, size
 
 
-def write_section(text: str) -> None:
-    old = RESULTS.read_text() if RESULTS.is_file() else "# Benchmark results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.DOTALL | re.MULTILINE)
-    new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text
-    RESULTS.write_text(new)
-
-
 def report(model: Model, names: list[str], frames: int, totals: dict[str, np.ndarray],
            per_clip: dict[str, dict[str, float]], elapsed: float) -> str:
     """The Edits section for the clips measured so far."""
@@ -289,7 +282,7 @@ def main() -> int:
               f"{per_clip[clip]['off']:.3f}, best {min(per_clip[clip].values()):.3f}; edit size "
               f"{base[3] / max(clip_frames, 1):.2f}", flush=True)
         if args.write:  # after every clip, so that a long run leaves what it measured
-            write_section(report(model, list(per_clip), frames, totals, per_clip, time.perf_counter() - started))
+            write_section(RESULTS, report(model, list(per_clip), frames, totals, per_clip, time.perf_counter() - started))
     elapsed = time.perf_counter() - started
     print(report(model, names, frames, totals, per_clip, elapsed))
     return 0

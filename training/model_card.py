@@ -2,9 +2,10 @@
 measured metrics (training/export.py and training/distill.py), so the numbers in prose are the numbers run."""
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
+
+from stream.report import write_section
 
 SECTION = "## Demo pack"
 
@@ -110,9 +111,4 @@ def write_results_section(path: Path, metrics: dict[str, Any], student: dict[str
                       f"Default edit: {metrics['default_edit'][0]} at pipeline strength {metrics['default_edit'][1]:g}.",
                       *[f"- {note}" for note in metrics.get("notes", [])], "",
                       *metrics_markdown(metrics, student), ""])
-    text = path.read_text() if path.exists() else "# Results\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.MULTILINE | re.DOTALL)
-    text = pattern.sub(lambda _: body + "\n", text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + body
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
+    return write_section(path, body)
