@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import av
 import cv2
 import numpy as np
 
+from engines.atomic import atomic_output
 from stream.types import Frame
 
 log = logging.getLogger(__name__)
@@ -57,36 +56,29 @@ def build_sample_clip(path: Path | str, seconds: float = 3.0, fps: int = 25, siz
     path = Path(path)
     image = astronaut()
     count = round(seconds * fps)
-    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=f".part{path.suffix}")
-    os.close(fd)
-    try:
-        with av.open(temp, mode="w") as container:
-            video = container.add_stream("libx264", rate=fps)
-            video.width = video.height = size
-            video.pix_fmt = "yuv420p"
-            video.options = {"crf": "18", "preset": "veryfast"}
-            audio = container.add_stream("aac", rate=AUDIO_RATE)
-            audio.layout = "mono"
-            audio.format = "fltp"
-            for index in range(count):
-                frame = av.VideoFrame.from_ndarray(sample_frame(image, index, count, size), format="rgb24")
-                frame.pts = index
-                frame.time_base = Fraction(1, fps)
-                container.mux(video.encode(frame))
-            samples_per_chunk = 1024
-            total = int(seconds * AUDIO_RATE)
-            for start in range(0, total, samples_per_chunk):
-                chunk = av.AudioFrame.from_ndarray(_tone(start, min(samples_per_chunk, total - start)),
-                                                   format="fltp", layout="mono")
-                chunk.sample_rate = AUDIO_RATE
-                chunk.pts = start
-                chunk.time_base = Fraction(1, AUDIO_RATE)
-                container.mux(audio.encode(chunk))
-            container.mux(video.encode(None))
-            container.mux(audio.encode(None))
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    finally:
-        Path(temp).unlink(missing_ok=True)
+    with atomic_output(path, suffix=f".part{path.suffix}") as temp, av.open(str(temp), mode="w") as container:
+        video = container.add_stream("libx264", rate=fps)
+        video.width = video.height = size
+        video.pix_fmt = "yuv420p"
+        video.options = {"crf": "18", "preset": "veryfast"}
+        audio = container.add_stream("aac", rate=AUDIO_RATE)
+        audio.layout = "mono"
+        audio.format = "fltp"
+        for index in range(count):
+            frame = av.VideoFrame.from_ndarray(sample_frame(image, index, count, size), format="rgb24")
+            frame.pts = index
+            frame.time_base = Fraction(1, fps)
+            container.mux(video.encode(frame))
+        samples_per_chunk = 1024
+        total = int(seconds * AUDIO_RATE)
+        for start in range(0, total, samples_per_chunk):
+            chunk = av.AudioFrame.from_ndarray(_tone(start, min(samples_per_chunk, total - start)),
+                                               format="fltp", layout="mono")
+            chunk.sample_rate = AUDIO_RATE
+            chunk.pts = start
+            chunk.time_base = Fraction(1, AUDIO_RATE)
+            container.mux(audio.encode(chunk))
+        container.mux(video.encode(None))
+        container.mux(audio.encode(None))
     log.debug("sample clip %s: %d frames at %d fps", path, count, fps)
     return path

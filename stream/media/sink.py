@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Literal, get_args
 
 import av
 
+from engines.atomic import create_temp_beside
 from stream.errors import MediaError
 from stream.media.audio import AudioCopy
 from stream.media.frames import TimedFrame, rgb_to_encoder
@@ -53,11 +53,9 @@ def _temp_path(path: Path) -> Path:
     if not folder.is_dir():
         raise MediaError(f"{path}: output folder {folder} does not exist; create it or choose another -o")
     try:
-        fd, name = tempfile.mkstemp(dir=folder, prefix=f".{path.stem}.", suffix=f".part{path.suffix}")
+        return create_temp_beside(path, suffix=f".part{path.suffix}")
     except OSError as err:
         raise MediaError(f"{path}: cannot write in {folder} ({err.strerror}); choose a writable folder") from None
-    os.close(fd)
-    return Path(name)
 
 
 class FileSink:
@@ -160,7 +158,6 @@ class FileSink:
         except (MediaError, av.error.FFmpegError, OSError) as err:
             self.abort()
             raise MediaError(f"{self.path}: finishing the file failed ({err}); no output written") from None
-        os.chmod(self._temp, 0o644)  # mkstemp creates 0600; a video is an ordinary, readable file
         os.replace(self._temp, self.path)
         log.debug("wrote %s (%d frames)", self.path, self.frames_written)
         return self.path
