@@ -66,7 +66,7 @@ def test_split_holds_out_a_clip_and_the_end_of_the_others():
 def test_contrast_groups_are_balanced_within_each_clip():
     scores = np.r_[np.arange(10.0), 100 + np.arange(20.0)]
     clip_id = np.r_[np.zeros(10, int), np.ones(20, int)]
-    idx, labels, groups = contrast_groups(scores, clip_id, np.arange(30), frac=0.3)
+    idx, labels, groups = contrast_groups(scores, clip_id, np.arange(30), 0.3, 0.3)
     for g in (0, 1):
         assert (labels & (groups == g)).sum() == (~labels & (groups == g)).sum()
     # within clip 1, "high" means high for that clip, not high overall
@@ -118,6 +118,13 @@ def test_train_pack_resumes_exports_and_distills(tmp_path: Path):
     assert student(x).shape == x.shape
     assert "Distilled student" in (pack_dir / "MODEL_CARD.md").read_text()
 
+    grown = tmp_path / "grown"
+    assert _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(grown), "--grow-from", str(run),
+                             "--minutes", "5", "--max-steps", "1"]) == 0
+    saved = torch.load(grown / "checkpoint.pt", weights_only=True)
+    assert json.loads(saved["config"])["size"] == 64 and saved["step"] == 5  # continues the small run's count
+    assert sorted(p.name for p in (grown / "crops").glob("*.npz")) == ["p0.npz", "p1.npz", "p2.npz"]
+
 
 def test_run_option_reaches_train_pack_and_distill_through_the_cli(tmp_path: Path, capsys):
     """`--run DIR` once overwrote the CLI's entry point (args.run): both commands died with a TypeError."""
@@ -150,3 +157,96 @@ def test_distill_pairs_cache_is_never_half_written(tmp_path: Path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         distill.save_pairs(tmp_path / "pairs_smile_2.npy", np.zeros(3))
     assert not (tmp_path / "pairs_smile_2.npy").exists() and not list(tmp_path.glob(".*.tmp"))
+
+
+def _small_state(size: int = 32):
+    from training.pack import PackConfig, new_state
+
+    return new_state(PackConfig(size=size, generator_width=16, encoder_width=8, batch=2))
+
+
+def test_grown_generator_starts_as_the_small_one_upsampled():
+    from training.grow import grow_state
+
+    small = _small_state(32)
+    big = grow_state(small)
+    assert big.config.size == 64 and big.config.start_step == small.step
+    codes = torch.randn(2, 8, 512)
+    grown_codes = torch.cat([codes, codes[:, -1:], codes[:, -1:]], 1)  # the two new entries copy the last
+    with torch.no_grad():
+        expected = big.generator.to_rgbs[-1].upsample(synthesize(small.generator_ema, codes))
+        got = synthesize(big.generator, grown_codes)
+    assert got.shape == (2, 3, 64, 64)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_grown_encoder_reads_a_smooth_image_as_the_small_one_reads_it_downsampled():
+    from torch.nn import functional as F
+
+    from training.grow import grow_state
+
+    small = _small_state(32)
+    big = grow_state(small)
+    image = F.interpolate(torch.rand(2, 3, 8, 8) * 2 - 1, size=64, mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        want = small.encoder_ema(F.avg_pool2d(image, 2))
+        got = big.encoder_ema(image)
+        unrelated = small.encoder_ema(F.avg_pool2d(image.flip(0), 2))
+    assert got.shape == (2, 10, 512)
+    torch.testing.assert_close(got[:, 8], got[:, 9])  # new entries start as copies of the last old one
+    error = float((got[:, :8] - want).norm() / want.norm())
+    assert error < 0.25 * float((unrelated - want).norm() / want.norm())  # 0.13 of it when written
+
+
+def test_expression_weights_draw_each_clips_extremes_more_often():
+    from training.pack import expression_weights
+
+    gaps = np.r_[np.linspace(0.0, 0.1, 20), np.linspace(0.1, 0.2, 20)]  # clip 1's mouths are all more open
+    landmarks = np.stack([_face_landmarks(64, g) for g in gaps])
+    clip_id = np.r_[np.zeros(20, int), np.ones(20, int)]
+    weights = expression_weights(landmarks, clip_id, tail=0.1)
+    for clip in (0, 1):
+        member = np.flatnonzero(clip_id == clip)
+        assert weights[member[0]] > 1 and weights[member[-1]] > 1  # the clip's least and most open mouths
+        assert weights[member[10]] == 1
+    assert weights.min() == 1
+
+
+def test_part_share_is_where_the_change_is():
+    from training.edit_metrics import part_share
+
+    crops = np.zeros((2, 40, 40, 3), np.uint8)
+    inside, outside = crops.copy(), crops.copy()
+    inside[:, 22:28, 12:28] = 50
+    outside[:, 2:8, 2:8] = 50
+    box = (0.25, 0.5, 0.75, 0.75)
+    assert part_share(inside, crops, box) == 1.0
+    assert part_share(outside, crops, box) == 0.0
+
+
+def _row(edit: str, strength: float, change: float, identity: float = 0.99, share: float = 0.8) -> dict:
+    return {"edit": edit, "strength": strength, "target_change": change, "identity_cosine": identity,
+            "part_share": share}
+
+
+def test_calibrated_strength_stops_where_identity_or_locality_breaks():
+    from training.export import calibrate_strength
+
+    rows = [_row("a", -3, -0.1), _row("a", 2, 0.1), _row("a", 4, 0.2), _row("a", 6, 0.3, identity=0.9)]
+    assert calibrate_strength(rows) == 4  # 6 changes more but loses identity
+    rows[2] = _row("a", 4, 0.2, share=0.3)
+    assert calibrate_strength(rows) == 2  # 4 paints outside the part
+    assert calibrate_strength([_row("a", 2, 0.1, identity=0.5), _row("a", 4, 0.2, identity=0.5)]) == 2
+
+
+def test_default_edit_is_discounted_by_change_outside_its_part():
+    from stream.edits.directions import Direction
+    from training.export import pick_default
+
+    def direction(name: str) -> Direction:
+        return Direction(name, np.zeros((4, 8), np.float32), [0], 4.0, metadata={"score_gap": 0.2})
+
+    rows = [_row("tidy", 4, 0.1, share=0.9), _row("blotchy", 4, 0.15, share=0.3)]
+    assert pick_default(rows, [direction("tidy"), direction("blotchy")]) == ("tidy", 1.0)
+    rows[1]["part_share"] = 0.9
+    assert pick_default(rows, [direction("tidy"), direction("blotchy")]) == ("blotchy", 1.0)

@@ -1,8 +1,8 @@
 """Edit directions for the demo pack: mean differences of encoded codes, contrasted within each clip.
 
 DESIGN.md's probes found that a mean difference over all crops encodes who is in the clip and how it is
-lit. Here each training clip contributes its own contrast between its `frac` highest- and lowest-scoring
-frames (equal counts, same person, same light), and the per-clip differences are averaged
+lit. Here each training clip contributes its own contrast between its highest- and lowest-scoring
+frames (CONTRASTS: which fractions; same person, same light), and the per-clip differences are averaged
 (stream.edits.directions.discover_mean_difference with groups). The mask is put where the vector's norm
 lies (layers_from_norm), and the direction is localised: its first-order effect on the image's colours
 outside the edit's face part (mouth or eyes) is projected out (localise), which removes the colour and
@@ -29,6 +29,11 @@ from training.synthesis import synthesize
 log = logging.getLogger(__name__)
 
 EDIT_NAMES: tuple[str, ...] = ("mouth_open", "smile", "eyes_open")
+# Which frames of a clip are contrasted, as (lowest, highest) fractions by score. Eyes are open in most
+# frames of a talking head and the spread between its top and bottom thirds is landmark noise (an eye
+# aspect ratio gap of ~0.03); blinks and squints live in the lowest tenth, so they are contrasted with
+# the open half.
+CONTRASTS: dict[str, tuple[float, float]] = {"mouth_open": (0.3, 0.3), "smile": (0.3, 0.3), "eyes_open": (0.1, 0.5)}
 _DESCRIPTIONS = {
     "mouth_open": "opens the mouth (inner-lip gap), found within each training clip",
     "smile": "widens the mouth and lifts its corners (landmark smile score), found within each training clip",
@@ -50,20 +55,20 @@ def attribute_scores(landmarks: npt.NDArray[np.float32]) -> dict[str, npt.NDArra
 
 
 def contrast_groups(scores: npt.NDArray[np.float64], clip_id: npt.NDArray[np.int64], candidates: npt.NDArray[np.int64],
-                    frac: float = 0.3) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
-    """Per clip, the lowest and highest `frac` of its candidate frames by score (equal counts).
+                    low: float = 0.3, high: float = 0.3) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """Per clip, the lowest `low` and the highest `high` fraction of its candidate frames by score (2 at least).
 
     Returns (sample indices, labels: True for the high group, group ids: the clip)."""
     idx, labels, groups = [], [], []
     for clip in np.unique(clip_id[candidates]):
         members = candidates[clip_id[candidates] == clip]
-        k = int(len(members) * frac)
-        if k < 2:
+        k_low, k_high = max(2, int(len(members) * low)), max(2, int(len(members) * high))
+        if k_low + k_high > len(members):
             continue
         order = members[np.argsort(scores[members], kind="stable")]
-        idx += [order[:k], order[-k:]]
-        labels += [np.zeros(k, bool), np.ones(k, bool)]
-        groups += [np.full(2 * k, clip)]
+        idx += [order[:k_low], order[-k_high:]]
+        labels += [np.zeros(k_low, bool), np.ones(k_high, bool)]
+        groups += [np.full(k_low + k_high, clip)]
     return np.concatenate(idx), np.concatenate(labels), np.concatenate(groups)
 
 
@@ -112,7 +117,8 @@ def localise(vector: npt.NDArray[np.float32], layers: list[int], jacobian: npt.N
 
 
 def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[np.float32] | Landmarks68,
-                        split: Split, names: tuple[str, ...] = EDIT_NAMES, frac: float = 0.3,
+                        split: Split, names: tuple[str, ...] = EDIT_NAMES,
+                        contrasts: dict[str, tuple[float, float]] | None = None,
                         norm_fraction: float = 0.8, default_strength: float = 1.0,
                         generator: Generator | None = None, crop_size: int = 256, pool: int = 8) -> list[Direction]:
     """One Direction per attribute from the training frames' codes [N, num_ws, D] and landmarks [N, 68, 2].
@@ -123,7 +129,8 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
     jacobians: dict[tuple[float, ...], npt.NDArray[np.float64]] = {}
     out = []
     for name in names:
-        idx, labels, groups = contrast_groups(scores[name], split.clip_id, split.train, frac)
+        low, high = (contrasts or CONTRASTS).get(name, (0.3, 0.3))
+        idx, labels, groups = contrast_groups(scores[name], split.clip_id, split.train, low, high)
         vector = discover_mean_difference(codes[idx], labels, groups)
         layers = layers_from_norm(vector, norm_fraction)
         box = part_box(landmarks[split.train], name, crop_size)
@@ -140,7 +147,7 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
         log.info("%s: layers %s hold %.0f%% of the norm; per-layer norm %s", name, layers,
                  100 * energy[layers].sum() / energy.sum(), np.round(np.sqrt(energy), 2).tolist())
         out.append(Direction(name, vector, layers, default_strength, _DESCRIPTIONS.get(name, ""),
-                             {"method": "within-clip mean difference", "frac": frac, "clips": len(np.unique(groups)),
+                             {"method": "within-clip mean difference", "contrast": [low, high], "clips": len(np.unique(groups)),
                               "samples": len(idx), "score_gap": round(gap, 4), "localised_pool": pool if generator is not None else 0, "part_box": [round(v, 3) for v in box],
                               "layer_norm": [round(float(v), 4) for v in np.sqrt(energy)]}))
     return out

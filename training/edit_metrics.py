@@ -23,6 +23,7 @@ from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
 from stream.pipeline import images_to_pixels
 from stream.types import Crop
+from training.directions import part_box
 from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
@@ -79,18 +80,31 @@ class EditReport:
     other_changes: dict[str, float]      # the other attributes (residual crop)
     identity_cosine: float               # dlib descriptor, edited vs original crop
     psnr_vs_input: float                 # how much of the crop the edit touched
+    part_share: float                    # share of the change's energy inside the edit's face part (part_box)
 
     def row(self) -> dict:
         return {"edit": self.edit, "strength": self.strength, "faces": self.faces,
                 "target_change": round(self.target_change, 4),
                 "target_change_decoded": round(self.target_change_decoded, 4),
                 "other_changes": {k: round(v, 4) for k, v in self.other_changes.items()},
-                "identity_cosine": round(self.identity_cosine, 4), "psnr_vs_input": round(self.psnr_vs_input, 2)}
+                "identity_cosine": round(self.identity_cosine, 4), "psnr_vs_input": round(self.psnr_vs_input, 2),
+                "part_share": round(self.part_share, 3)}
 
 
 def _psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
     return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
+
+
+def part_share(edited: npt.NDArray[np.uint8], crops: npt.NDArray[np.uint8], box: tuple[float, ...]) -> float:
+    """Share of the squared change (edited - crops) that falls inside `box` (fractions of the crop).
+
+    A clean expression edit changes its face part; a share well below 1 means colour blotches or a
+    light cast elsewhere on the face or the background."""
+    energy = ((edited.astype(np.float64) - crops.astype(np.float64)) ** 2).sum(axis=(0, 3))  # [S, S]
+    size = energy.shape[0]
+    x0, y0, x1, y1 = (int(round(v * size)) for v in box)
+    return float(energy[max(0, y0):y1, max(0, x0):x1].sum() / max(energy.sum(), 1e-12))
 
 
 def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
@@ -107,6 +121,7 @@ def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: np
     reports = []
     for direction in directions:
         k = ATTRIBUTE_NAMES.index(direction.name)
+        box = part_box(landmarks, direction.name, size)
         for strength in strengths:
             offset = edit_offset([LatentEdit(direction, strength)], direction.num_ws, direction.vector.shape[1])
             edited_images = decode(generator, codes + offset[None])
@@ -121,7 +136,8 @@ def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: np
             reports.append(EditReport(direction.name, strength, len(crops), float(delta[k]),
                                       float((attrs_dec - attrs0_dec).mean(0)[k]),
                                       {n: float(delta[j]) for j, n in enumerate(ATTRIBUTE_NAMES) if j != k},
-                                      identity, _psnr_uint8(edited, crops)))
-            log.info("%s %+.1f: %s %+.4f (decoded %+.4f), identity %.3f", direction.name, strength, direction.name,
-                     reports[-1].target_change, reports[-1].target_change_decoded, identity)
+                                      identity, _psnr_uint8(edited, crops), part_share(edited, crops, box)))
+            log.info("%s %+.1f: %s %+.4f (decoded %+.4f), identity %.3f, %.0f%% of the change in its part",
+                     direction.name, strength, direction.name, reports[-1].target_change,
+                     reports[-1].target_change_decoded, identity, 100 * reports[-1].part_share)
     return reports

@@ -33,10 +33,12 @@ log = logging.getLogger(__name__)
 CROP_SIZE = 256
 STRENGTHS = [-3.0, 2.0, 4.0, 6.0]
 SHEET_STRENGTHS = [-3.0, 0.0, 2.0, 4.0, 6.0]
-# the residual paste-back carries about a third of the decoded change and the localised directions are
-# gentle (measured by training/edit_metrics on a checkpoint of this recipe),
-# so the UI strength 1.0 (Direction.default_strength, in units of the vector) sits where the pasted change is clearly visible
-DEFAULT_STRENGTH = 4.0
+# An edit's pipeline strength 1.0 (Direction.default_strength, in units of the vector) is the measured
+# strength with the largest change of its own attribute on held-out frames among those that keep
+# identity (dlib cosine) and keep most of the change in the edit's face part; beyond it the edits of this
+# small generator turn into blotches (bench/pack_contact_sheet.png).
+MIN_IDENTITY_COSINE = 0.95
+MIN_PART_SHARE = 0.5
 
 
 def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
@@ -61,13 +63,24 @@ def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray
     return out
 
 
-def _pick_default(reports: dict[str, list[dict]], directions: list[Direction]) -> tuple[str, float]:
-    """The edit whose change at the first positive strength on held-out frames is largest relative to its training contrast."""
+def calibrate_strength(rows: list[dict]) -> float:
+    """The positive vector strength of one edit's held-out rows that shows it best (see MIN_IDENTITY_COSINE)."""
+    positive = [r for r in rows if r["strength"] > 0]
+    kept = [r for r in positive if r["identity_cosine"] >= MIN_IDENTITY_COSINE and r["part_share"] >= MIN_PART_SHARE]
+    return max(kept or positive[:1], key=lambda r: r["target_change"])["strength"]
+
+
+def _row(rows: list[dict], edit: str, strength: float) -> dict:
+    return next(r for r in rows if r["edit"] == edit and r["strength"] == strength)
+
+
+def pick_default(rows: list[dict], directions: list[Direction]) -> tuple[str, float]:
+    """The edit that, at its calibrated strength on held-out frames, moves its attribute furthest relative to
+    its training contrast, discounted by how much of its change lands outside its face part."""
     def effect(d: Direction) -> float:
-        row = next(r for r in reports["heldout_frames"] if r["edit"] == d.name and r["strength"] == STRENGTHS[1])
-        return row["target_change"] / max(abs(d.metadata["score_gap"]), 1e-6)
-    best = max(directions, key=effect)
-    return best.name, 1.0
+        row = _row(rows, d.name, d.default_strength)
+        return row["target_change"] / max(abs(d.metadata["score_gap"]), 1e-6) * row["part_share"]
+    return max(directions, key=effect).name, 1.0
 
 
 def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
@@ -94,8 +107,8 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
     t0 = time.monotonic()
     crops, landmarks = concat(clips)
     codes = encode_all(state.encoder_ema, data.images)
-    directions = discover_directions(codes, landmarks, data.split, default_strength=DEFAULT_STRENGTH,
-                                     generator=state.generator_ema, crop_size=crops.shape[1])
+    directions = discover_directions(codes, landmarks, data.split, generator=state.generator_ema,
+                                     crop_size=crops.shape[1])
     recon = reconstruction_metrics(state, data, codes, crops)
     embedder = IdentityEmbedder()
     reports = {}
@@ -103,7 +116,9 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
                       ("heldout_clip", _subsample(data.split.heldout_clip, 30))):
         reports[name] = [r.row() for r in evaluate_edits(state.generator_ema, crops[idx], codes[idx], landmarks[idx],
                                                          directions, STRENGTHS, embedder)]
-    default_edit = _pick_default(reports, directions)
+    for d in directions:
+        d.default_strength = calibrate_strength([r for r in reports["heldout_frames"] if r["edit"] == d.name])
+    default_edit = pick_default(reports["heldout_frames"], directions)
     names = data.split.clip_names
     rows = np.concatenate([_subsample(data.split.heldout_frames, 5), _subsample(data.split.heldout_clip, 2)])
     labels = [f"{names[data.split.clip_id[i]]} #{i}" for i in rows]
@@ -116,7 +131,9 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
                          "clips": names},
                "reconstruction": recon, "edits": reports,
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},
-               "default_edit": list(default_edit), "default_strength": DEFAULT_STRENGTH, "command": argv_note,
+               "default_edit": list(default_edit),
+               "default_strengths": {d.name: d.default_strength for d in directions}, "command": argv_note,
+               "history": state.history[:1],
                "export_minutes": round((time.monotonic() - t0) / 60, 1)}
     save_pack(out_dir, crop_size=CROP_SIZE, generator=state.generator_ema, encoder=state.encoder_ema,
               directions=directions, default_edit=default_edit,

@@ -12,34 +12,42 @@ SECTION = "## Demo pack"
 
 def _edit_table(rows: list[dict]) -> list[str]:
     lines = ["| edit | vector strength | own attribute change (pasted crop) | (decoded G only) | identity cosine | "
-             "other attributes' change | PSNR vs input |", "|---|---|---|---|---|---|---|"]
+             "other attributes' change | PSNR vs input | change inside the part |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         others = ", ".join(f"{k} {v:+.3f}" for k, v in r["other_changes"].items())
         lines.append(f"| {r['edit']} | {r['strength']:+g} | {r['target_change']:+.4f} | {r['target_change_decoded']:+.4f} "
-                     f"| {r['identity_cosine']:.3f} | {others} | {r['psnr_vs_input']:.1f} dB |")
+                     f"| {r['identity_cosine']:.3f} | {others} | {r['psnr_vs_input']:.1f} dB | {r['part_share']:.0%} |")
     return lines
+
+
+def _strengths_line(metrics: dict[str, Any]) -> str:
+    pairs = ", ".join(f"{name} {s:g}" for name, s in metrics["default_strengths"].items())
+    return (f"Strengths are in units of the direction vector; the pipeline's strength 1.0 is, per edit, vector "
+            f"strength {pairs} (each direction's default_strength: the measured strength with the largest own "
+            "change that keeps identity cosine >= 0.95 and at least half of the change inside the edit's part).")
 
 
 def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) -> list[str]:
     """The measured numbers as markdown (shared by the model card and bench/RESULTS.md)."""
     rec = metrics["reconstruction"]
     lines = ["### Reconstruction (EMA weights; PSNR of G(E(x)) against x)", "",
-             "| faces | n | PSNR at 64 px | PSNR of the up-sampled output vs the 256 px crop |", "|---|---|---|---|"]
+             f"| faces | n | PSNR at {metrics['config']['size']} px | PSNR of the up-sampled output vs the 256 px crop |",
+             "|---|---|---|---|"]
     for name, r in rec.items():
         lines.append(f"| {name} | {r['faces']} | {r['psnr_model_size']:.2f} dB | {r['psnr_crop_size']:.2f} dB |")
-    lines += ["", "### Directions (within-clip mean difference, top vs bottom 30 % of each training clip, localised to "
-              "the mouth / eyes: change outside that part projected out)", "",
-              "| edit | layers (80 % of norm) | clips | score gap at strength 1 | per-layer norm (before localising) |",
-              "|---|---|---|---|---|"]
+    lines += ["", "### Directions (within-clip mean difference of each training clip's highest- vs lowest-scoring "
+              "frames, localised to the mouth / eyes: change outside that part projected out)", "",
+              "| edit | frames contrasted (lowest, highest fraction) | layers (80 % of norm) | clips | score gap at strength 1 "
+              "| per-layer norm (before localising) |", "|---|---|---|---|---|---|"]
     for name, d in metrics["directions"].items():
-        lines.append(f"| {name} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} | {d['layer_norm']} |")
+        lines.append(f"| {name} | {d['contrast']} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} | {d['layer_norm']} |")
     for key, title in (("heldout_frames", "held-out frames of seen people"),
                        ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
         lines += ["", f"### Edits on {title}", "",
                   "Attribute changes are landmark scores (stream/edits/attributes.py) of the edited crop minus the "
                   "unedited crop, measured in the same box; 'score gap' above is the training contrast at vector strength 1. "
-                  "Strengths are in units of the direction vector; the pipeline's strength 1.0 is vector strength "
-                  f"{metrics.get('default_strength', 1.0):g} (the directions' default_strength).", ""]
+                  "'Change inside the part' is the share of the squared pixel change inside the edit's mouth or eye box. "
+                  + _strengths_line(metrics), ""]
         lines += _edit_table(metrics["edits"][key])
     if student:
         lines += ["", f"### Distilled student ({student['edit']} at pipeline strength {student['strength']:g})", "",
@@ -81,21 +89,29 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         f"- encoder.safetensors: DemoEncoder {cfg['encoder']} (codes are W+ directly, no latent_avg).",
         "- directions.safetensors: mouth_open, smile, eyes_open (training/directions.py).", "",
         "## Training",
+        *[f"- Grown from a {h['grown_from_size']} px run trained {h['step']} steps ({h['minutes']} min): "
+          "training/grow.py doubles the resolution of both networks, reproducing the small pair at the start."
+          for h in metrics.get("history", [])[:1] if "grown_from_size" in h],
         f"- Command (resumable; its last call, which resumed the checkpoint and exported): `{metrics['command']}`.",
         f"- {metrics['step']} steps, batch {cfg['batch']}, Adam lr {cfg['lr']:g} (warm-up {cfg['warmup_steps']} steps), "
-        f"EMA {cfg['ema_decay']}, L1 + (1 - SSIM) weighted towards the face, mouth and eyes; "
+        f"EMA {cfg['ema_decay']}, L1 + (1 - SSIM) weighted towards the face, mouth and eyes"
+        + ("; crops at a clip's expression extremes drawn more often (training/pack.expression_weights)"
+           if cfg.get("balance_expressions") else "") + "; "
         f"{metrics['train_minutes']} min of training steps on 1 shared CPU thread (plus evaluation and checkpoints).",
         f"- Directions, measurements and export: {metrics['export_minutes']} min.", "",
         "## Default edit",
         f"- {metrics['default_edit'][0]} at pipeline strength {metrics['default_edit'][1]:g} (vector strength "
-        f"{metrics['default_edit'][1] * metrics.get('default_strength', 1.0):g}).",
+        f"{metrics['default_edit'][1] * metrics['default_strengths'][metrics['default_edit'][0]]:g}), picked by "
+        "training/export.pick_default: the largest own change relative to the training contrast, times the share of "
+        "the change inside the edit's part.",
         *[f"- {note}" for note in metrics.get("notes", [])], "",
         "## Metrics", "", *metrics_markdown(metrics, student), "",
         "## Limits",
         "- Nine people: an unseen face inverts to a blurry, partly generic face (see the held-out clip's PSNR). "
         "The runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the input's detail, so only the edit's "
         "change comes from this generator.",
-        "- 64 px: eyes are a few pixels; small changes there are hard to render and to measure.",
+        f"- {cfg['size']} px: eyes are {max(2, cfg['size'] // 24)}-{max(3, cfg['size'] // 16)} px tall; small changes "
+        "there are hard to render and to measure.",
         "- Directions are averages over nine clips' expressions; they also move correlated attributes (the other "
         "attributes' columns above show how much).",
         "- No adversarial loss: the generator is a decoder, not a sampler; random z through its mapping gives noise.",

@@ -31,6 +31,7 @@ from engines.atomic import atomic_output
 from engines.errors import CheckpointError
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
+from stream.edits.attributes import ATTRIBUTE_NAMES, attribute_matrix
 from training.data import ClipCrops, Split, concat, make_split
 from training.losses import psnr, reconstruction_loss
 from training.synthesis import synthesize
@@ -54,6 +55,8 @@ class PackConfig:
     holdout_clip: str = "d19"
     holdout_frac: float = 0.12
     seed: int = 0
+    balance_expressions: bool = False  # draw rare expressions more often (expression_weights)
+    start_step: int = 0  # the step this config's optimizer started at (a grown run continues the count)
     generator: dict = field(default_factory=dict)
     encoder: dict = field(default_factory=dict)
 
@@ -108,17 +111,38 @@ def loss_weights(landmarks: npt.NDArray[np.float32], crop_size: int, size: int) 
     return torch.from_numpy(np.stack(maps))[:, None]
 
 
+def expression_weights(landmarks: npt.NDArray[np.float32], clip_id: npt.NDArray[np.int64],
+                       tail: float = 0.1) -> npt.NDArray[np.float64]:
+    """How often to draw each crop: 1, plus 1 for each edited attribute at its clip's extremes.
+
+    Extreme expressions are rare in talking heads (a blink is a few percent of frames), and an autoencoder
+    trained on uniform draws renders them as the clip's usual face; an edit can only move along what the
+    reconstructions show. Each of mouth_open, smile and eyes_open adds 1 to a crop in the lowest or highest
+    `tail` of its clip."""
+    table = attribute_matrix(landmarks)
+    weights = np.ones(len(landmarks))
+    for name in ("mouth_open", "smile", "eyes_open"):
+        scores = table[:, ATTRIBUTE_NAMES.index(name)]
+        for clip in np.unique(clip_id):
+            member = clip_id == clip
+            lo, hi = np.quantile(scores[member], [tail, 1.0 - tail])
+            weights[member & ((scores < lo) | (scores > hi))] += 1.0  # strict: a constant score marks nothing
+    return weights
+
+
 @dataclass
 class PackData:
     images: Tensor   # [N, 3, size, size] in [-1, 1]
     weights: Tensor  # [N, 1, size, size]
     split: Split
+    draw_weights: Tensor  # [N] how often training draws each crop (expression_weights)
 
 
 def prepare_data(clips: list[ClipCrops], config: PackConfig) -> PackData:
     crops, landmarks = concat(clips)
+    split = make_split(clips, config.holdout_clip, config.holdout_frac)
     return PackData(to_model_input(crops, config.size), loss_weights(landmarks, crops.shape[1], config.size),
-                    make_split(clips, config.holdout_clip, config.holdout_frac))
+                    split, torch.from_numpy(expression_weights(landmarks, split.clip_id)))
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -200,18 +224,19 @@ def train(state: TrainState, data: PackData, run_dir: Path, minutes: float, chec
     cfg = state.config
     g, e = state.generator.train(), state.encoder.train()
     train_idx = torch.from_numpy(data.split.train)
+    draw = data.draw_weights[train_idx] if cfg.balance_expressions else torch.ones(len(train_idx), dtype=torch.float64)
     gen = torch.Generator().manual_seed(cfg.seed + state.step)
     start = last_save = time.monotonic()
     steps_done = 0
     while time.monotonic() - start < minutes * 60 and (max_steps is None or steps_done < max_steps):
         t0 = time.monotonic()
-        pick = train_idx[torch.randint(len(train_idx), (cfg.batch,), generator=gen)]
+        pick = train_idx[torch.multinomial(draw, cfg.batch, replacement=True, generator=gen)]
         x, w = data.images[pick], data.weights[pick]
         flip = torch.rand(cfg.batch, generator=gen) < 0.5  # mirror half the batch (faces are near-symmetric)
         x = torch.where(flip[:, None, None, None], x.flip(3), x)
         w = torch.where(flip[:, None, None, None], w.flip(3), w)
         for group in state.optimizer.param_groups:
-            group["lr"] = cfg.lr * min(1.0, (state.step + 1) / cfg.warmup_steps)
+            group["lr"] = cfg.lr * min(1.0, (state.step - cfg.start_step + 1) / cfg.warmup_steps)
         loss, parts = reconstruction_loss(synthesize(g, e(x)), x, w)
         state.optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -3,13 +3,17 @@
     run_stream.py train-pack --data ../shared/data/faces --run RUN_DIR --minutes 50
     run_stream.py train-pack --run RUN_DIR --minutes 0 --export assets/demo_pack
 
+    run_stream.py train-pack --run RUN128 --grow-from RUN_DIR --minutes 60
+
 The first run extracts aligned crops into RUN_DIR/crops (cached); each run trains for --minutes more and
-checkpoints to RUN_DIR, so a stopped run resumes where it was. --export discovers the edit directions,
+checkpoints to RUN_DIR, so a stopped run resumes where it was. --grow-from starts a new run at twice the
+resolution from another run's trained networks (training/grow.py) and reads that run's crop cache. --export discovers the edit directions,
 measures them, and writes the pack (safetensors + pack.json + MODEL_CARD.md) and its contact sheet.
 """
 from __future__ import annotations
 
 import argparse
+import shutil
 from pathlib import Path
 
 from engines.errors import UserError
@@ -30,6 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, default=64, help="generator / encoder resolution (new runs only)")
     parser.add_argument("--generator-width", type=int, default=96, help="generator channels up to 32 px (new runs)")
     parser.add_argument("--encoder-width", type=int, default=32, help="DemoEncoder width (new runs)")
+    parser.add_argument("--grow-from", type=Path, default=None, metavar="RUN",
+                        help="new runs: start from RUN's networks grown to twice its resolution")
+    parser.add_argument("--uniform-draws", action="store_true",
+                        help="new runs: draw training crops uniformly (default: rare expressions more often)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--holdout-clip", default="d19", help="clip name held out entirely (an unseen person)")
@@ -48,20 +56,30 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from training.data import build_cache, load_cache
-    from training.pack import PackConfig, open_run, prepare_data, train
+    from training.pack import CHECKPOINT, PackConfig, load_state, open_run, prepare_data, train
 
     torch.set_num_threads(args.threads)
     if args.run_dir.exists() and not args.run_dir.is_dir():
         raise UserError(f"--run {args.run_dir}: is a file, not a folder; choose a run folder")
     crops_dir = args.run_dir / "crops"
+    if args.grow_from is not None and not crops_dir.exists() and (args.grow_from / "crops").is_dir():
+        shutil.copytree(args.grow_from / "crops", crops_dir)  # the grown run keeps its own copy of the cache
     clips = sorted(args.data.glob("*.mp4")) if args.data.is_dir() else []
     if clips and len(list(crops_dir.glob("*.npz"))) < len(clips):
         for clip in tqdm(build_cache(args.data, crops_dir), total=len(clips), desc="aligning faces", unit="clip"):
             tqdm.write(f"  {clip.name}: {len(clip)} faces")
     config = PackConfig(size=args.size, generator_width=args.generator_width, encoder_width=args.encoder_width,
-                        batch=args.batch, lr=args.lr, holdout_clip=args.holdout_clip)
+                        batch=args.batch, lr=args.lr, holdout_clip=args.holdout_clip,
+                        balance_expressions=not args.uniform_draws)
     cache = load_cache(crops_dir)  # before open_run, so a missing cache leaves no empty run folder behind
-    state = open_run(args.run_dir, config)
+    if args.grow_from is not None and not (args.run_dir / CHECKPOINT).exists():
+        from training.grow import grow_state
+
+        state = grow_state(load_state(args.grow_from), lr=args.lr)
+        args.run_dir.mkdir(parents=True, exist_ok=True)
+        print(f"grew {args.grow_from} (size {state.config.size // 2}, step {state.step}) to {state.config.size} px")
+    else:
+        state = open_run(args.run_dir, config)
     data = prepare_data(cache, state.config)
     print(f"training on {len(data.split.train)} crops; held out: {len(data.split.heldout_frames)} frames, "
           f"{len(data.split.heldout_clip)} of clip {state.config.holdout_clip}")
@@ -95,4 +113,5 @@ def run(args: argparse.Namespace) -> int:
 def _command_line(args: argparse.Namespace) -> str:
     return (f"run_stream.py train-pack --data {args.data} --run {args.run_dir} --minutes {args.minutes:g} "
             f"--size {args.size} --generator-width {args.generator_width} --encoder-width {args.encoder_width} "
-            f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip}")
+            f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip}"
+            + (f" --grow-from {args.grow_from}" if args.grow_from else "") + (" --uniform-draws" if args.uniform_draws else ""))
