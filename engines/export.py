@@ -191,10 +191,18 @@ def graph_io_specs(onnx_path: str | Path) -> tuple[dict[str, TensorSpec], tuple[
 
 def module_fingerprint(module: nn.Module, input_specs: Mapping[str, tuple],
                        output_names: Sequence[str], opset: int = DEFAULT_OPSET) -> str:
-    """sha256 over the module's class, parameters, buffers and the export settings."""
+    """sha256 over the module's class, parameters, buffers, plain settings and the export settings.
+
+    Plain settings are every submodule's scalar attributes (a clamp, a flag, a size): two modules with the
+    same weights but another conv_clamp trace to different graphs."""
     digest = hashlib.sha256()
     digest.update(f"{type(module).__module__}.{type(module).__qualname__}|{opset}|{list(output_names)}".encode())
     digest.update(repr(sorted(as_specs(input_specs).items())).encode())
+    for name, sub in module.named_modules():
+        settings = sorted((k, v) for k, v in vars(sub).items()
+                          if not k.startswith("_") and k != "training"  # export always traces in eval mode
+                          and isinstance(v, (bool, int, float, str, tuple, type(None))))
+        digest.update(f"{name}:{type(sub).__qualname__}:{settings!r}".encode())
     for name, tensor in module.state_dict().items():
         digest.update(name.encode())
         digest.update(str(tuple(tensor.shape)).encode())

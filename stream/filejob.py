@@ -79,7 +79,7 @@ def _gan_model(config: ModelConfig, pack: ModelPack | None, threads: int | None)
     generator = load_generator(config.generator or pack.generator)  # type: ignore[union-attr]
     encoder = load_encoder(config.encoder or pack.encoder)  # type: ignore[union-attr]
     files = config.directions or (pack.directions,)  # type: ignore[union-attr]
-    directions = load_direction_set(files, generator.num_ws)
+    directions = load_direction_set(files, generator.num_ws, generator.style_dim)
     batch = 2 if config.residual else 1  # residual: G(w') and G(w) in one call
     generator_engine = create_engine(
         generator.export_safe(), config.backend,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from engines.backends import Engine, create_engine, resolve_backend
+from engines.backends import Engine, create_engine, default_precision, resolve_backend
 from engines.backends import tensorrt_backend as trt_backend
 from engines.backends.onnxruntime_backend import OnnxRuntimeEngine
 from engines.backends.timing import random_inputs, time_engine
@@ -51,6 +51,13 @@ def test_auto_without_tensorrt_picks_onnxruntime_and_says_why(feeds, cache, capl
     expected = "onnxruntime" if not (HAS_TENSORRT and torch.cuda.is_available()) else "tensorrt"
     assert engine.name == expected
     assert f"backend: {expected}" in caplog.text and "(" in caplog.text
+    # no precision given: the rule build-engines uses, so engines it built are the ones looked up
+    assert engine.precision == default_precision(expected)
+
+
+def test_default_precision_is_fp16_only_on_tensorrt():
+    assert default_precision("tensorrt") == "fp16"
+    assert default_precision("onnxruntime") == default_precision("torch") == "fp32"
 
 
 def test_resolve_backend_explains_each_fallback(monkeypatch):

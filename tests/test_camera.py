@@ -122,3 +122,12 @@ def test_camera_command_edits_a_looped_clip_into_the_virtual_camera(tmp_path: Pa
     best = min(sources, key=lambda image: np.abs(image[sides] - out_frame[sides]).mean())
     assert np.abs(best[sides] - out_frame[sides]).mean() < 1.0
     assert np.abs(best[150:380, 150:330] - out_frame[150:380, 150:330]).mean() > 4
+
+
+@pytest.mark.parametrize("flag,value", [("--width", "0"), ("--height", "-480"), ("--fps", "1000")])
+def test_camera_refuses_an_impossible_size_or_rate(tmp_path: Path, flag: str, value: str) -> None:
+    from stream.commands import camera
+
+    clip = write_clip(tmp_path / "clip.mp4")
+    with pytest.raises(UserError, match=f"{flag} {value}: must be between 1 and"):
+        camera.run(camera_args("--input", str(clip), "--preview", flag, value))

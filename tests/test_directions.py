@@ -384,3 +384,12 @@ def test_directions_list_of_a_dict_that_is_not_ganspace_is_a_user_error(tmp_path
     torch.save({"comp": torch.zeros(3, 1, 512)}, path)
     with pytest.raises(UserError, match="holds a dict"):
         command.run(argparse.Namespace(action="list", run_action=command._list, file=path, pack=None, num_ws=18))
+
+
+def test_direction_set_refuses_a_direction_of_another_width(tmp_path):
+    from stream.edits.directions import Direction, load_direction_set, save_directions
+
+    narrow = save_directions(tmp_path / "narrow.safetensors", [Direction("smile", np.ones((10, 256), np.float32), [2])])
+    assert load_direction_set([narrow], num_ws=10, style_dim=256)["smile"].vector.shape == (10, 256)
+    with pytest.raises(UserError, match="256 wide but the generator's W is 512"):
+        load_direction_set([narrow], num_ws=10, style_dim=512)

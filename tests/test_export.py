@@ -157,6 +157,17 @@ def test_export_cache_reuses_by_weights(tmp_path):
     assert module_fingerprint(module, specs, ["out"]) != module_fingerprint(module, {**specs, "code": (2, 16)}, ["out"])
 
 
+def test_fingerprint_sees_settings_that_are_not_weights():
+    """A generator with conv_clamp traces to another graph than the same weights without it."""
+    from engines.nets.stylegan2 import Generator, small_generator_config
+
+    plain = Generator(**small_generator_config(8, width=8))
+    clamped = Generator(**small_generator_config(8, width=8), conv_clamp=256.0)
+    clamped.load_state_dict(plain.state_dict())
+    specs = {"wplus": ((1, plain.num_ws, plain.style_dim), "float32")}
+    assert module_fingerprint(plain, specs, ["image"]) != module_fingerprint(clamped, specs, ["image"])
+
+
 # The project's networks (random weights): export, TensorRT check, ONNX Runtime parity.
 
 def _parity(module: nn.Module, inputs: dict[str, torch.Tensor], path) -> float:

@@ -68,6 +68,12 @@ def _default_device(backend: BackendName) -> Device:
     return "cuda"
 
 
+def default_precision(backend: BackendName) -> Precision:
+    """fp16 on TensorRT (tensor cores), fp32 elsewhere (fp16 is slower than fp32 on CPUs). build-engines
+    and the pipeline share this rule, so engines built ahead are the ones the pipeline looks up."""
+    return "fp16" if backend == "tensorrt" else "fp32"
+
+
 def resolve_backend(choice: BackendChoice, have_module: bool, precision: Precision) -> tuple[BackendName, str]:
     """(backend, reason) for a --backend choice on this machine; raises when an explicit choice cannot run."""
     if choice not in BACKEND_CHOICES:
@@ -91,7 +97,7 @@ def resolve_backend(choice: BackendChoice, have_module: bool, precision: Precisi
 
 
 def create_engine(model: nn.Module | str | Path, backend: BackendChoice = "auto",
-                  input_specs: Mapping[str, tuple] | None = None, precision: Precision = "fp32",
+                  input_specs: Mapping[str, tuple] | None = None, precision: Precision | None = None,
                   threads: int | None = None, *, output_names: Sequence[str] | None = None,
                   device: Device | None = None, cache: EngineCache | None = None) -> Engine:
     """An Engine for model (an nn.Module or an .onnx path) on the chosen backend.
@@ -99,14 +105,15 @@ def create_engine(model: nn.Module | str | Path, backend: BackendChoice = "auto"
     input_specs ({name: (shape, dtype)}) is required for a module and read from the file for ONNX.
     A module bound for onnxruntime/tensorrt is exported once (cached by its weights and shapes).
     device defaults to cuda when the backend can use a visible GPU, else cpu. threads sets CPU intra-op
-    threads (onnxruntime: per session; torch: process-wide).
+    threads (onnxruntime: per session; torch: process-wide). precision None: default_precision.
     """
     from torch import nn  # here: importing the protocol (engines.backends.base) stays free of torch
 
-    if precision not in PRECISIONS:
+    if precision is not None and precision not in PRECISIONS:
         raise UserError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     is_module = isinstance(model, nn.Module)
-    chosen, reason = resolve_backend(backend, is_module, precision)
+    chosen, reason = resolve_backend(backend, is_module, precision or "fp32")
+    precision = precision or default_precision(chosen)
     device = device or _default_device(chosen)
     log.info("backend: %s %s on %s (%s)", chosen, precision, device, reason)
     if chosen == "torch":

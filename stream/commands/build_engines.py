@@ -96,7 +96,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from engines.backends import create_engine, resolve_backend
+    from engines.backends import create_engine, default_precision, resolve_backend
     from engines.backends.timing import random_inputs, time_engine
     from engines.export import check_tensorrt_compatible, export_cached
 
@@ -110,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
                 jobs.append((f"{network.name} b{batch}", lambda n=network, b=batch: export_cached(
                     n.module, n.specs(b), (n.output_name,))))
     backend, _ = resolve_backend(args.backend, have_module=False, precision=args.precision or "fp32")
-    precision = args.precision or ("fp16" if backend == "tensorrt" else "fp32")
+    precision = args.precision or default_precision(backend)
     rows = []
     for label, make_onnx in tqdm(jobs, desc="build-engines", unit="engine"):
         onnx_path = make_onnx()

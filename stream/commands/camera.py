@@ -64,6 +64,9 @@ def run(args: argparse.Namespace) -> int:
 
     if args.no_virtual_cam and not args.preview:
         raise UserError("no output: drop --no-virtual-cam or add --preview")
+    for flag, value, top in (("--width", args.width, 7680), ("--height", args.height, 4320), ("--fps", args.fps, 240)):
+        if not 1 <= value <= top:
+            raise UserError(f"{flag} {value}: must be between 1 and {top}")
     source = open_live_source(args.input, args.width, args.height, args.fps)
     closers = [source.close]
     try:

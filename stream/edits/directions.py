@@ -354,13 +354,21 @@ def load_directions(path: str | os.PathLike, num_ws: int | None = None) -> dict[
     return out
 
 
-def load_direction_set(paths: Sequence[str | os.PathLike], num_ws: int) -> dict[str, Direction]:
+def load_direction_set(paths: Sequence[str | os.PathLike], num_ws: int,
+                       style_dim: int | None = None) -> dict[str, Direction]:
     """Directions from any mix of project directions files (.safetensors) and published single-direction
-    files (.pt / .npy, named after the file: `smile.pt` -> "smile"), later files overriding earlier names."""
+    files (.pt / .npy, named after the file: `smile.pt` -> "smile"), later files overriding earlier names.
+    With `style_dim`, every direction must be that wide (the generator's W)."""
     found: dict[str, Direction] = {}
     for path in map(Path, paths):
         if path.suffix.lower() == ".safetensors":
-            found.update(load_directions(path, num_ws))
+            loaded = load_directions(path, num_ws)
         else:
-            found[path.stem] = load_direction(path, num_ws, name=path.stem)
+            loaded = {path.stem: load_direction(path, num_ws, name=path.stem)}
+        for name, direction in loaded.items():
+            width = direction.vector.shape[1]
+            if style_dim is not None and width != style_dim:
+                raise UserError(f"{path}: direction {name!r} is {width} wide but the generator's W is {style_dim} "
+                                "wide; use directions made for this generator")
+        found.update(loaded)
     return found
