@@ -200,6 +200,12 @@ class LiveWorker(Generic[In, Out]):
     def alive(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def settled(self) -> bool:
+        """Every submitted frame has been delivered or dropped (nothing waiting, nothing in progress)."""
+        with self._lock:
+            return self._frames_in == self._frames_out + self._inbox.dropped
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop after the frame in progress; blocks up to `timeout` seconds for the thread to end."""
         self._inbox.close()
@@ -321,9 +327,13 @@ def run_live(
         while max_frames is None or delivered < max_frames:
             frame = outbox.get(timeout=0.5)
             if frame is None:
-                if not worker.alive or capture.finished.is_set():
-                    break  # the source ended (and its last frame had half a second to come out) or a failure
-                continue
+                # ended: the worker failed, or the source ended and every frame it gave is out or dropped
+                ended = not worker.alive or (capture.finished.is_set() and worker.settled)
+                frame = outbox.get(timeout=0) if ended else None  # one delivered between the wait and the check
+                if frame is None:
+                    if ended:
+                        break
+                    continue
             results = [sink(frame) for sink in sinks]  # every sink gets the frame, even if one asks to stop
             if not all(results):
                 break

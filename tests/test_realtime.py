@@ -168,6 +168,18 @@ def test_run_live_delivers_in_order_ends_with_the_last_frame_and_reraises() -> N
         run_live(broken_source(), Recorder(), [lambda f: True])
 
 
+def test_run_live_waits_for_a_slow_last_frame() -> None:
+    """The last frame once had half a second to come out after the source ended; a slower model lost it."""
+    class Slow(Recorder):
+        def process(self, frame: Frame, t: float | None = None) -> Frame:
+            time.sleep(0.8)
+            return super().process(frame, t)
+
+    got: list[int] = []
+    stats = run_live((timed(i, 1) for i in range(2)), Slow(), [lambda f: got.append(f.pts) or True])
+    assert got[-1] == 1 and stats.frames_out + stats.dropped == 2
+
+
 def test_webrtc_frame_conversion_keeps_pts_and_time_base() -> None:
     image = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     frame = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p")
