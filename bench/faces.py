@@ -23,24 +23,12 @@ from stream.composite import face_mask, paste_back
 from stream.faces.align import ffhq_affine, landmarks5_from_68, transform_points, warp_to_crop
 from stream.faces.detect import DlibDetector
 from stream.faces.stability import crop_jitter_and_lag
+from stream.media.source import read_frames
 from stream.report import write_section
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
 CLIPS = {"512x512": "d3", "1280x720": "s18"}
 SECTION = "## Faces (bench/faces.py)"
-
-
-def read_frames(path: Path, every: int = 1, limit: int | None = None) -> list[np.ndarray]:
-    import av
-
-    frames = []
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if limit is not None and len(frames) >= limit:
-                break
-            if i % every == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-    return frames
 
 
 def time_stages(frames: list[np.ndarray], crop: int) -> dict[str, float]:

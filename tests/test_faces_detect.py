@@ -23,19 +23,12 @@ GROUP_PHOTO = "t1.jpg"
 
 def clip_frames(name: str, every: int = 1, limit: int | None = None) -> list[np.ndarray]:
     """RGB frames of a shared clip (every `every`-th, at most `limit`), decoded with PyAV; skips if absent."""
-    import av
+    from stream.media.source import read_frames
 
     path = FACES / f"{name}.mp4"
     if not path.is_file():
         pytest.skip(f"{path} not found: shared data sits beside the checkout (../shared)")
-    frames = []
-    with av.open(str(path)) as container:
-        for i, frame in enumerate(container.decode(video=0)):
-            if limit is not None and len(frames) >= limit:
-                break
-            if i % every == 0:
-                frames.append(frame.to_ndarray(format="rgb24"))
-    return frames
+    return read_frames(path, every, limit)
 
 
 def group_photo() -> np.ndarray:

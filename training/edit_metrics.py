@@ -103,7 +103,7 @@ def part_share(edited: npt.NDArray[np.uint8], crops: npt.NDArray[np.uint8], box:
     light cast elsewhere on the face or the background."""
     energy = ((edited.astype(np.float64) - crops.astype(np.float64)) ** 2).sum(axis=(0, 3))  # [S, S]
     size = energy.shape[0]
-    x0, y0, x1, y1 = (int(round(v * size)) for v in box)
+    x0, y0, x1, y1 = (round(v * size) for v in box)
     return float(energy[max(0, y0):y1, max(0, x0):x1].sum() / max(energy.sum(), 1e-12))
 
 

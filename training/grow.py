@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 
 import torch
+
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
 from training.pack import PackConfig, TrainState, new_state

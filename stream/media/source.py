@@ -17,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import av
+import numpy as np
 
 from stream.errors import MediaError
 from stream.media.frames import TimedFrame, decoded_to_rgb, upright
@@ -184,3 +185,15 @@ class FileSource:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def read_frames(path: Path | str, every: int = 1, limit: int | None = None) -> list[np.ndarray]:
+    """RGB frames of a video (every `every`-th, at most `limit`), upright: for measurements and tests."""
+    frames: list[np.ndarray] = []
+    with FileSource(path) as source:
+        for i, frame in enumerate(source.frames()):
+            if limit is not None and len(frames) >= limit:
+                break
+            if i % every == 0:
+                frames.append(frame.image)
+    return frames
