@@ -250,3 +250,13 @@ def test_default_edit_is_discounted_by_change_outside_its_part():
     assert pick_default(rows, [direction("tidy"), direction("blotchy")]) == ("tidy", 1.0)
     rows[1]["part_share"] = 0.9
     assert pick_default(rows, [direction("tidy"), direction("blotchy")]) == ("blotchy", 1.0)
+
+
+def test_eye_weight_raises_the_loss_weight_on_the_eyes_only():
+    from training.pack import loss_weights
+
+    landmarks = _face_landmarks(64, 0.1)[None]
+    plain, heavy = loss_weights(landmarks, 64, 64, 3.0)[0, 0], loss_weights(landmarks, 64, 64, 9.0)[0, 0]
+    eye = tuple(np.round(landmarks[0, 36:42].mean(0)).astype(int))  # (x, y) of the left eye's centre
+    mouth = tuple(np.round(landmarks[0, 48:60].mean(0)).astype(int))
+    assert heavy[eye[1], eye[0]] / heavy[mouth[1], mouth[0]] > 1.5 * plain[eye[1], eye[0]] / plain[mouth[1], mouth[0]]

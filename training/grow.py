@@ -72,8 +72,9 @@ def _grow_encoder(small: DemoEncoder, big: DemoEncoder) -> None:
     big.load_state_dict(new)
 
 
-def grow_state(small: TrainState, lr: float | None = None) -> TrainState:
-    """A fresh training state at twice the resolution of `small`, initialised from its EMA weights."""
+def grow_state(small: TrainState, lr: float | None = None, eye_weight: float | None = None) -> TrainState:
+    """A fresh training state at twice the resolution of `small`, initialised from its EMA weights
+    (lr, eye_weight: None keeps the small run's)."""
     cfg = small.config
     size = cfg.size * 2
     num_ws = 2 * (size.bit_length() - 1) - 2
@@ -81,6 +82,7 @@ def grow_state(small: TrainState, lr: float | None = None) -> TrainState:
                         batch=cfg.batch, lr=cfg.lr if lr is None else lr, warmup_steps=cfg.warmup_steps,
                         ema_decay=cfg.ema_decay, holdout_clip=cfg.holdout_clip, holdout_frac=cfg.holdout_frac,
                         seed=cfg.seed, start_step=small.step, balance_expressions=True,
+                        eye_weight=cfg.eye_weight if eye_weight is None else eye_weight,
                         generator=small_generator_config(size, width=cfg.generator_width, n_mlp=cfg.generator["n_mlp"]),
                         encoder={**small.encoder.config, "size": size, "num_ws": num_ws})
     state = new_state(config)

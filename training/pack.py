@@ -55,6 +55,7 @@ class PackConfig:
     holdout_clip: str = "d19"
     holdout_frac: float = 0.12
     seed: int = 0
+    eye_weight: float = 3.0  # loss weight added on the eyes (loss_weights)
     balance_expressions: bool = False  # draw rare expressions more often (expression_weights)
     start_step: int = 0  # the step this config's optimizer started at (a grown run continues the count)
     generator: dict = field(default_factory=dict)
@@ -97,16 +98,17 @@ def _hull_mask(points: npt.NDArray[np.float32], scale: float, size: int, grow: i
     return mask.astype(np.float32)
 
 
-def loss_weights(landmarks: npt.NDArray[np.float32], crop_size: int, size: int) -> Tensor:
-    """Per-pixel loss weights [N, 1, size, size]: 1 everywhere, +1 on the face, +3 on mouth and eyes."""
+def loss_weights(landmarks: npt.NDArray[np.float32], crop_size: int, size: int, eye_weight: float = 3.0) -> Tensor:
+    """Per-pixel loss weights [N, 1, size, size]: 1 everywhere, +1 on the face, +3 on the mouth, +eye_weight
+    on the eyes (an eye covers ~2 % of the crop, and a blink moves a few of its pixels)."""
     scale = size / crop_size
     grow = max(1, size // 32)
     maps = []
     for lm in landmarks:
         face = _hull_mask(lm[:27], scale, size, 0)
-        parts = np.maximum.reduce([_hull_mask(lm[48:60], scale, size, grow), _hull_mask(lm[36:42], scale, size, grow),
-                                   _hull_mask(lm[42:48], scale, size, grow)])
-        w = cv2.GaussianBlur(1.0 + face + 3.0 * parts, (0, 0), size / 64)
+        mouth = _hull_mask(lm[48:60], scale, size, grow)
+        eyes = np.maximum(_hull_mask(lm[36:42], scale, size, grow), _hull_mask(lm[42:48], scale, size, grow))
+        w = cv2.GaussianBlur(1.0 + face + 3.0 * mouth + eye_weight * eyes, (0, 0), size / 64)
         maps.append(w / w.mean())
     return torch.from_numpy(np.stack(maps))[:, None]
 
@@ -141,7 +143,7 @@ class PackData:
 def prepare_data(clips: list[ClipCrops], config: PackConfig) -> PackData:
     crops, landmarks = concat(clips)
     split = make_split(clips, config.holdout_clip, config.holdout_frac)
-    return PackData(to_model_input(crops, config.size), loss_weights(landmarks, crops.shape[1], config.size),
+    return PackData(to_model_input(crops, config.size), loss_weights(landmarks, crops.shape[1], config.size, config.eye_weight),
                     split, torch.from_numpy(expression_weights(landmarks, split.clip_id)))
 
 

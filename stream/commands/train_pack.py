@@ -38,6 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new runs: start from RUN's networks grown to twice its resolution")
     parser.add_argument("--uniform-draws", action="store_true",
                         help="new runs: draw training crops uniformly (default: rare expressions more often)")
+    parser.add_argument("--eye-weight", type=float, default=3.0,
+                        help="new runs: loss weight added on the eyes (default 3, as on the mouth)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--holdout-clip", default="d19", help="clip name held out entirely (an unseen person)")
@@ -70,12 +72,12 @@ def run(args: argparse.Namespace) -> int:
             tqdm.write(f"  {clip.name}: {len(clip)} faces")
     config = PackConfig(size=args.size, generator_width=args.generator_width, encoder_width=args.encoder_width,
                         batch=args.batch, lr=args.lr, holdout_clip=args.holdout_clip,
-                        balance_expressions=not args.uniform_draws)
+                        balance_expressions=not args.uniform_draws, eye_weight=args.eye_weight)
     cache = load_cache(crops_dir)  # before open_run, so a missing cache leaves no empty run folder behind
     if args.grow_from is not None and not (args.run_dir / CHECKPOINT).exists():
         from training.grow import grow_state
 
-        state = grow_state(load_state(args.grow_from), lr=args.lr)
+        state = grow_state(load_state(args.grow_from), lr=args.lr, eye_weight=args.eye_weight)
         args.run_dir.mkdir(parents=True, exist_ok=True)
         print(f"grew {args.grow_from} (size {state.config.size // 2}, step {state.step}) to {state.config.size} px")
     else:
@@ -114,4 +116,4 @@ def _command_line(args: argparse.Namespace) -> str:
     return (f"run_stream.py train-pack --data {args.data} --run {args.run_dir} --minutes {args.minutes:g} "
             f"--size {args.size} --generator-width {args.generator_width} --encoder-width {args.encoder_width} "
             f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip}"
-            + (f" --grow-from {args.grow_from}" if args.grow_from else "") + (" --uniform-draws" if args.uniform_draws else ""))
+            + f" --eye-weight {args.eye_weight:g}" + (f" --grow-from {args.grow_from}" if args.grow_from else "") + (" --uniform-draws" if args.uniform_draws else ""))
