@@ -1,6 +1,7 @@
 """CPU benchmark: PyTorch eager vs ONNX Runtime (FP32, and INT8 Q/DQ where it helps), batch 1.
 
-Networks (random weights, the shapes that matter): the demo pack's small generator, demo encoder and
+Networks (random weights, the shapes that matter): the shipped demo pack's generator, encoder (shapes read
+from assets/demo_pack/metrics.json) and
 student, the full-size rosinality 1024 generator and the e4e encoder. Each engine is timed in this one
 process: median of --runs runs after warm-up, with the thread count stated. With --write the table
 replaces the "## Engines" section of bench/RESULTS.md (other sections are kept).
@@ -11,6 +12,7 @@ replaces the "## Engines" section of bench/RESULTS.md (other sections are kept).
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -82,11 +84,14 @@ def cases() -> list[Case]:
     from engines.nets.encoders import DemoEncoder, Encoder4Editing
     from engines.nets.stylegan2 import small_generator_config
 
-    small = small_generator_config(64)
+    cfg = json.loads((ROOT / "assets" / "demo_pack" / "metrics.json").read_text())["config"]  # the shipped shapes
+    size = cfg["size"]
+    small = small_generator_config(size, width=cfg["generator_width"], n_mlp=cfg["generator"]["n_mlp"])
     return [
-        Case("small generator 64px", lambda: _generator(small).export_safe(), "wplus",
+        Case(f"demo generator {size}px", lambda: _generator(small).export_safe(), "wplus",
              (1, _generator(small).num_ws, 512), False, True, lambda: _mapping(_generator(small))),
-        Case("demo encoder 64px", lambda: DemoEncoder().eval(), "image", (1, 3, 64, 64), False, True),
+        Case(f"demo encoder {size}px", lambda: DemoEncoder(**cfg["encoder"]).eval(), "image", (1, 3, size, size),
+             False, True),
         Case("student 256px", _student, "image", (1, 3, 256, 256), False, True),
         Case("rosinality generator 1024px", lambda: _generator({"size": 1024}).export_safe(), "wplus",
              (1, 18, 512), True, False),
