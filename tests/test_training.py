@@ -260,3 +260,17 @@ def test_eye_weight_raises_the_loss_weight_on_the_eyes_only():
     eye = tuple(np.round(landmarks[0, 36:42].mean(0)).astype(int))  # (x, y) of the left eye's centre
     mouth = tuple(np.round(landmarks[0, 48:60].mean(0)).astype(int))
     assert heavy[eye[1], eye[0]] / heavy[mouth[1], mouth[0]] > 1.5 * plain[eye[1], eye[0]] / plain[mouth[1], mouth[0]]
+
+
+def test_an_edit_that_does_not_move_its_attribute_is_marked():
+    from stream.edits.directions import Direction
+    from training.export import verify
+
+    def direction() -> Direction:
+        return Direction("eyes_open", np.zeros((4, 8), np.float32), [0], 4.0, "opens the eyes", {"score_gap": 0.1})
+
+    good, bad = direction(), direction()
+    assert verify(good, {"heldout_frames": [_row("eyes_open", 4, 0.05)], "heldout_clip": [_row("eyes_open", 4, 0.02)]})
+    assert good.metadata["verified"] and good.description == "opens the eyes"
+    assert not verify(bad, {"heldout_frames": [_row("eyes_open", 4, 0.01)], "heldout_clip": [_row("eyes_open", 4, 0.02)]})
+    assert not bad.metadata["verified"] and "does not change the attribute" in bad.description

@@ -39,6 +39,9 @@ SHEET_STRENGTHS = [-3.0, 0.0, 2.0, 4.0, 6.0]
 # small generator turn into blotches (bench/pack_contact_sheet.png).
 MIN_IDENTITY_COSINE = 0.95
 MIN_PART_SHARE = 0.5
+# An edit counts as working when, at its calibrated strength, it moves its own attribute by at least this
+# share of its training contrast on held-out frames of seen people, and the right way on the unseen clip.
+MIN_SHARE_OF_GAP = 0.25
 
 
 def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
@@ -72,6 +75,19 @@ def calibrate_strength(rows: list[dict]) -> float:
 
 def _row(rows: list[dict], edit: str, strength: float) -> dict:
     return next(r for r in rows if r["edit"] == edit and r["strength"] == strength)
+
+
+def verify(direction: Direction, reports: dict[str, list[dict]]) -> bool:
+    """Does the edit change its attribute (see MIN_SHARE_OF_GAP)? Records the verdict in the direction."""
+    seen = _row(reports["heldout_frames"], direction.name, direction.default_strength)
+    unseen = _row(reports["heldout_clip"], direction.name, direction.default_strength)
+    gap = direction.metadata["score_gap"]
+    works = (seen["target_change"] >= MIN_SHARE_OF_GAP * gap and unseen["target_change"] > 0
+             and seen["part_share"] >= MIN_PART_SHARE)
+    direction.metadata["verified"] = works
+    if not works:
+        direction.description += " (measured: it does not change the attribute; see the pack's MODEL_CARD.md)"
+    return works
 
 
 def pick_default(rows: list[dict], directions: list[Direction]) -> tuple[str, float]:
@@ -118,7 +134,8 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
                                                          directions, STRENGTHS, embedder)]
     for d in directions:
         d.default_strength = calibrate_strength([r for r in reports["heldout_frames"] if r["edit"] == d.name])
-    default_edit = pick_default(reports["heldout_frames"], directions)
+    working = [d for d in directions if verify(d, reports)]
+    default_edit = pick_default(reports["heldout_frames"], working or directions)
     names = data.split.clip_names
     rows = np.concatenate([_subsample(data.split.heldout_frames, 5), _subsample(data.split.heldout_clip, 2)])
     labels = [f"{names[data.split.clip_id[i]]} #{i}" for i in rows]

@@ -37,10 +37,15 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
         lines.append(f"| {name} | {r['faces']} | {r['psnr_model_size']:.2f} dB | {r['psnr_crop_size']:.2f} dB |")
     lines += ["", "### Directions (within-clip mean difference of each training clip's highest- vs lowest-scoring "
               "frames, localised to the mouth / eyes: change outside that part projected out)", "",
-              "| edit | frames contrasted (lowest, highest fraction) | layers (80 % of norm) | clips | score gap at strength 1 "
-              "| per-layer norm (before localising) |", "|---|---|---|---|---|---|"]
+              "| edit | works | frames contrasted (lowest, highest fraction) | layers (80 % of norm) | clips "
+              "| score gap at strength 1 | per-layer norm (before localising) |", "|---|---|---|---|---|---|---|"]
     for name, d in metrics["directions"].items():
-        lines.append(f"| {name} | {d['contrast']} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} | {d['layer_norm']} |")
+        works = {True: "yes", False: "**no**"}.get(d.get("verified"), "-")
+        lines.append(f"| {name} | {works} | {d['contrast']} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} "
+                     f"| {d['layer_norm']} |")
+    lines += ["", "'Works': at its pipeline strength 1.0 the edit moves its own attribute by at least a quarter of "
+              "its training contrast on held-out frames, the right way on the held-out clip, with at least half of "
+              "the change inside its face part (training/export.verify)."]
     for key, title in (("heldout_frames", "held-out frames of seen people"),
                        ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
         lines += ["", f"### Edits on {title}", "",
