@@ -226,16 +226,16 @@ def test_part_share_is_where_the_change_is():
 
 def _row(edit: str, strength: float, change: float, identity: float = 0.99, share: float = 0.8) -> dict:
     return {"edit": edit, "strength": strength, "target_change": change, "identity_cosine": identity,
-            "part_share": share}
+            "part_share": share, "part_area": 0.1}
 
 
-def test_calibrated_strength_stops_where_identity_or_locality_breaks():
+def test_calibrated_strength_stops_where_identity_breaks():
     from training.export import calibrate_strength
 
     rows = [_row("a", -3, -0.1), _row("a", 2, 0.1), _row("a", 4, 0.2), _row("a", 6, 0.3, identity=0.9)]
     assert calibrate_strength(rows) == 4  # 6 changes more but loses identity
-    rows[2] = _row("a", 4, 0.2, share=0.3)
-    assert calibrate_strength(rows) == 2  # 4 paints outside the part
+    rows[2] = _row("a", 4, 0.05)
+    assert calibrate_strength(rows) == 2  # past its peak
     assert calibrate_strength([_row("a", 2, 0.1, identity=0.5), _row("a", 4, 0.2, identity=0.5)]) == 2
 
 
@@ -250,16 +250,6 @@ def test_default_edit_is_discounted_by_change_outside_its_part():
     assert pick_default(rows, [direction("tidy"), direction("blotchy")]) == ("tidy", 1.0)
     rows[1]["part_share"] = 0.9
     assert pick_default(rows, [direction("tidy"), direction("blotchy")]) == ("blotchy", 1.0)
-
-
-def test_eye_weight_raises_the_loss_weight_on_the_eyes_only():
-    from training.pack import loss_weights
-
-    landmarks = _face_landmarks(64, 0.1)[None]
-    plain, heavy = loss_weights(landmarks, 64, 64, 3.0)[0, 0], loss_weights(landmarks, 64, 64, 9.0)[0, 0]
-    eye = tuple(np.round(landmarks[0, 36:42].mean(0)).astype(int))  # (x, y) of the left eye's centre
-    mouth = tuple(np.round(landmarks[0, 48:60].mean(0)).astype(int))
-    assert heavy[eye[1], eye[0]] / heavy[mouth[1], mouth[0]] > 1.5 * plain[eye[1], eye[0]] / plain[mouth[1], mouth[0]]
 
 
 def test_an_edit_that_does_not_move_its_attribute_is_marked():

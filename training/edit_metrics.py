@@ -81,6 +81,7 @@ class EditReport:
     identity_cosine: float               # dlib descriptor, edited vs original crop
     psnr_vs_input: float                 # how much of the crop the edit touched
     part_share: float                    # share of the change's energy inside the edit's face part (part_box)
+    part_area: float                     # share of the crop's area that part covers
 
     def row(self) -> dict:
         return {"edit": self.edit, "strength": self.strength, "faces": self.faces,
@@ -88,7 +89,7 @@ class EditReport:
                 "target_change_decoded": round(self.target_change_decoded, 4),
                 "other_changes": {k: round(v, 4) for k, v in self.other_changes.items()},
                 "identity_cosine": round(self.identity_cosine, 4), "psnr_vs_input": round(self.psnr_vs_input, 2),
-                "part_share": round(self.part_share, 3)}
+                "part_share": round(self.part_share, 3), "part_area": round(self.part_area, 3)}
 
 
 def _psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
@@ -136,7 +137,8 @@ def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: np
             reports.append(EditReport(direction.name, strength, len(crops), float(delta[k]),
                                       float((attrs_dec - attrs0_dec).mean(0)[k]),
                                       {n: float(delta[j]) for j, n in enumerate(ATTRIBUTE_NAMES) if j != k},
-                                      identity, _psnr_uint8(edited, crops), part_share(edited, crops, box)))
+                                      identity, _psnr_uint8(edited, crops), part_share(edited, crops, box),
+                                      (box[2] - box[0]) * (box[3] - box[1])))
             log.info("%s %+.1f: %s %+.4f (decoded %+.4f), identity %.3f, %.0f%% of the change in its part",
                      direction.name, strength, direction.name, reports[-1].target_change,
                      reports[-1].target_change_decoded, identity, 100 * reports[-1].part_share)

@@ -12,11 +12,11 @@ SECTION = "## Demo pack"
 
 def _edit_table(rows: list[dict]) -> list[str]:
     lines = ["| edit | vector strength | own attribute change (pasted crop) | (decoded G only) | identity cosine | "
-             "other attributes' change | PSNR vs input | change inside the part |", "|---|---|---|---|---|---|---|---|"]
+             "other attributes' change | PSNR vs input | change inside the part (its area) |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         others = ", ".join(f"{k} {v:+.3f}" for k, v in r["other_changes"].items())
         lines.append(f"| {r['edit']} | {r['strength']:+g} | {r['target_change']:+.4f} | {r['target_change_decoded']:+.4f} "
-                     f"| {r['identity_cosine']:.3f} | {others} | {r['psnr_vs_input']:.1f} dB | {r['part_share']:.0%} |")
+                     f"| {r['identity_cosine']:.3f} | {others} | {r['psnr_vs_input']:.1f} dB | {r['part_share']:.0%} ({r['part_area']:.0%}) |")
     return lines
 
 
@@ -24,7 +24,7 @@ def _strengths_line(metrics: dict[str, Any]) -> str:
     pairs = ", ".join(f"{name} {s:g}" for name, s in metrics["default_strengths"].items())
     return (f"Strengths are in units of the direction vector; the pipeline's strength 1.0 is, per edit, vector "
             f"strength {pairs} (each direction's default_strength: the measured strength with the largest own "
-            "change that keeps identity cosine >= 0.95 and at least half of the change inside the edit's part).")
+            "change that keeps identity cosine >= 0.95).")
 
 
 def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) -> list[str]:
@@ -44,14 +44,14 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
         lines.append(f"| {name} | {works} | {d['contrast']} | {d['layers']} | {d['clips']} | {d['score_gap']:+.4f} "
                      f"| {d['layer_norm']} |")
     lines += ["", "'Works': at its pipeline strength 1.0 the edit moves its own attribute by at least a quarter of "
-              "its training contrast on held-out frames, the right way on the held-out clip, with at least half of "
-              "the change inside its face part (training/export.verify)."]
+              "its training contrast on held-out frames and the right way on the held-out clip (training/export.verify)."]
     for key, title in (("heldout_frames", "held-out frames of seen people"),
                        ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
         lines += ["", f"### Edits on {title}", "",
                   "Attribute changes are landmark scores (stream/edits/attributes.py) of the edited crop minus the "
                   "unedited crop, measured in the same box; 'score gap' above is the training contrast at vector strength 1. "
-                  "'Change inside the part' is the share of the squared pixel change inside the edit's mouth or eye box. "
+                  "'Change inside the part' is the share of the squared pixel change inside the edit's mouth or eye box "
+                  "(in brackets: the box's share of the crop; a uniform change would score that). "
                   + _strengths_line(metrics), ""]
         lines += _edit_table(metrics["edits"][key])
     if student:
@@ -107,8 +107,8 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         "## Default edit",
         f"- {metrics['default_edit'][0]} at pipeline strength {metrics['default_edit'][1]:g} (vector strength "
         f"{metrics['default_edit'][1] * metrics['default_strengths'][metrics['default_edit'][0]]:g}), picked by "
-        "training/export.pick_default: the largest own change relative to the training contrast, times the share of "
-        "the change inside the edit's part.",
+        "training/export.pick_default among the working edits: the largest own change relative to the training "
+        "contrast, times how concentrated the change is on the edit's part.",
         *[f"- {note}" for note in metrics.get("notes", [])], "",
         "## Metrics", "", *metrics_markdown(metrics, student), "",
         "## Limits",
