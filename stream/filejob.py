@@ -94,9 +94,11 @@ def _gan_model(config: ModelConfig, pack: ModelPack | None, threads: int | None)
         from stream.edits.smoothing import make_code_smoother
 
         smoother = make_code_smoother
+    # the residual's colour mode belongs to the pack's generator; a generator of your own keeps its colours
+    colour = pack.residual_colour if pack is not None and config.generator is None else "rgb"
     return GanEditModel(encoder_engine, generator_engine, directions,
                         crop_size=pack.crop_size if pack is not None else DEFAULT_CROP_SIZE,
-                        latent_avg=latent_avg, residual=config.residual, smoother=smoother)
+                        latent_avg=latent_avg, residual=config.residual, residual_colour=colour, smoother=smoother)
 
 
 def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec], threads: int | None = None) -> EditModel:

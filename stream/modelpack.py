@@ -47,7 +47,8 @@ log = logging.getLogger(__name__)
 PACK_FORMAT = "faceedit-pack/1"
 MANIFEST = "pack.json"
 DEFAULT_PACK = Path(__file__).resolve().parents[1] / "assets" / "demo_pack"
-_KNOWN_KEYS = {"format", "crop_size", "generator", "encoder", "directions", "students", "default_edit"}
+_KNOWN_KEYS = {"format", "crop_size", "generator", "encoder", "directions", "students", "default_edit",
+               "residual_colour"}
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,7 @@ class ModelPack:
     directions: Path
     students: dict[str, StudentEntry] = field(default_factory=dict)
     default_edit: tuple[str, float] | None = None
+    residual_colour: str = "rgb"  # how the pack's generator residual goes back (stream.pipeline.residual_change)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def load_generator(self) -> LoadedGenerator:
@@ -143,6 +145,9 @@ def load_pack(root: Path | str = DEFAULT_PACK) -> ModelPack:
                 or not isinstance(entry.get("strength"), (int, float)):
             raise CheckpointError(f"{manifest}: default_edit must be {{\"name\": str, \"strength\": number}}")
         default_edit = (entry["name"], float(entry["strength"]))
+    residual_colour = data.get("residual_colour", "rgb")
+    if residual_colour not in ("rgb", "luma"):
+        raise CheckpointError(f"{manifest}: residual_colour {residual_colour!r} must be \"rgb\" or \"luma\"")
     return ModelPack(
         root=root,
         crop_size=crop_size,
@@ -151,6 +156,7 @@ def load_pack(root: Path | str = DEFAULT_PACK) -> ModelPack:
         directions=_file_entry(root, manifest, "directions", data.get("directions")),
         students=students,
         default_edit=default_edit,
+        residual_colour=residual_colour,
         extra={k: v for k, v in data.items() if k not in _KNOWN_KEYS},
     )
 
@@ -166,6 +172,7 @@ def save_pack(
     encoder_architecture: str = "demo-encoder",
     latent_avg: Tensor | None = None,
     default_edit: tuple[str, float] | None = None,
+    residual_colour: str = "rgb",
     extra: Mapping[str, Any] | None = None,
 ) -> ModelPack:
     """Write a pack folder: the networks as safetensors (architecture + config from each module's
@@ -192,6 +199,8 @@ def save_pack(
         manifest["students"][edit] = {"file": path.name, "strength": float(strength)}
     if default_edit is not None:
         manifest["default_edit"] = {"name": default_edit[0], "strength": float(default_edit[1])}
+    if residual_colour != "rgb":
+        manifest["residual_colour"] = residual_colour
     manifest.update(extra or {})
     atomic_write_bytes(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     log.info("wrote model pack %s", root)

@@ -8,6 +8,8 @@ An EditModel turns aligned crops into edited crops:
   each track over past and future frames, then `render`.
   By default the crop that goes back is `crop + upsample(G(w') - G(w))` (the detail-preserving residual of
   DESIGN.md); `residual=False` returns `G(w')` alone, upsampled, and replaces the face region with it.
+  `residual_colour="luma"` keeps only the residual's brightness change (residual_change): a small
+  generator's colour errors then cannot tint the face, while shapes (an open mouth) still show.
 - StudentEditModel: a distilled student engine per edit, at the crop's resolution, in one pass.
 
 `FaceEditPipeline.process` is `locate` (tracker, alignment) then `edit` (model, composite); the two
@@ -22,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol, get_args
 
 import cv2
 import numpy as np
@@ -64,6 +66,22 @@ def images_to_pixels(images: Images, size: int) -> npt.NDArray[np.float32]:
     if pixels.shape[1] == size:
         return pixels
     return np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR) for p in pixels])
+
+
+ResidualColour = Literal["rgb", "luma"]
+RESIDUAL_COLOURS: tuple[str, ...] = get_args(ResidualColour)
+# ITU-R BT.601 luma weights: the brightness part of an RGB change
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+
+
+def residual_change(delta: Images, size: int, colour: ResidualColour = "rgb") -> npt.NDArray[np.float32]:
+    """G(w') - G(w) [N, 3, s, s] -> the change to add to the crops, [N, size, size, 3] in 0..255 units.
+
+    "luma": the change's brightness, the same on all three channels (no hue or saturation change)."""
+    pixels = images_to_pixels(delta, size)
+    if colour == "luma":
+        return np.repeat((pixels @ _LUMA)[..., None], 3, axis=-1)
+    return pixels
 
 
 def run_batched(engine: Engine, name: str, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -130,8 +148,12 @@ class GanEditModel:
 
     def __init__(self, encoder: Engine, generator: Engine, directions: Mapping[str, Direction], *,
                  crop_size: int, latent_avg: npt.NDArray[np.float32] | None = None, residual: bool = True,
+                 residual_colour: ResidualColour = "rgb",
                  smoother: Callable[[], CodeSmoother] | None = None) -> None:
+        if residual_colour not in RESIDUAL_COLOURS:
+            raise UserError(f"residual colour {residual_colour!r}: choose one of {', '.join(RESIDUAL_COLOURS)}")
         self.encoder, self.generator = encoder, generator
+        self.residual_colour = residual_colour
         self.directions = dict(directions)
         self.crop_size = crop_size
         self.residual = residual
@@ -182,7 +204,7 @@ class GanEditModel:
         with timed(times, "generate"):
             if self.residual:
                 both = run_batched(self.generator, self._generator_input, np.concatenate([edited, codes]))
-                change = images_to_pixels(both[:len(crops)] - both[len(crops):], self.crop_size)
+                change = residual_change(both[:len(crops)] - both[len(crops):], self.crop_size, self.residual_colour)
                 out = [_to_uint8(crop.astype(np.float32) + delta) for crop, delta in zip(crops, change)]
             else:
                 images = run_batched(self.generator, self._generator_input, edited)

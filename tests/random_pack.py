@@ -20,7 +20,7 @@ from stream.modelpack import ModelPack, save_pack
 CROP_SIZE = 64
 
 
-def make_random_pack(root: Path, seed: int = 0) -> ModelPack:
+def make_random_pack(root: Path, seed: int = 0, residual_colour: str = "rgb") -> ModelPack:
     torch.manual_seed(seed)
     generator = Generator(**small_generator_config(size=32, width=32, n_mlp=1))
     encoder = DemoEncoder(size=32, num_ws=generator.num_ws, width=8, max_width=16, head_width=16,
@@ -36,4 +36,4 @@ def make_random_pack(root: Path, seed: int = 0) -> ModelPack:
         Direction("age", rng.standard_normal((generator.num_ws, 512)).astype(np.float32), layers=[0, 1]),
     ]
     return save_pack(root, crop_size=CROP_SIZE, generator=generator, encoder=encoder, directions=directions,
-                     students={"smile": (student, 1.0)}, default_edit=("smile", 1.0))
+                     students={"smile": (student, 1.0)}, default_edit=("smile", 1.0), residual_colour=residual_colour)

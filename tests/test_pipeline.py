@@ -13,7 +13,7 @@ from stream.config import ModelConfig
 from stream.faces.align import ffhq_affine, invert_affine
 from stream.filejob import build_edit_model
 from stream.pipeline import FaceEditPipeline, GanEditModel, StudentEditModel
-from stream.types import Face, Frame
+from stream.types import Face, Frame, StageTimes
 from tests.random_pack import CROP_SIZE, make_random_pack
 
 
@@ -145,3 +145,44 @@ def test_auto_path_picks_the_student_when_one_covers_the_edit(pack: Path) -> Non
     config = ModelConfig(pack=pack, backend="torch", smoothing="off")
     assert isinstance(build_edit_model(config, [("smile", 1.0)]), StudentEditModel)
     assert isinstance(build_edit_model(config, [("age", 1.0)]), GanEditModel)
+
+
+def test_luma_residual_changes_brightness_only() -> None:
+    from stream.pipeline import residual_change
+
+    delta = np.zeros((1, 3, 4, 4), np.float32)
+    delta[0, 0] = 0.4  # a red-only change in G(w') - G(w)
+    rgb, luma = residual_change(delta, 8, "rgb"), residual_change(delta, 8, "luma")
+    assert luma.shape == rgb.shape == (1, 8, 8, 3)
+    np.testing.assert_allclose(luma[..., 0], luma[..., 2])  # grey: no hue change
+    np.testing.assert_allclose(luma[..., 1], 0.299 * rgb[..., 0], rtol=1e-5)
+
+
+def test_a_luma_pack_pastes_a_grey_change(tmp_path: Path, frame: Frame) -> None:
+    from stream.modelpack import load_pack
+
+    root = make_random_pack(tmp_path / "luma", residual_colour="luma").root
+    assert load_pack(root).residual_colour == "luma"
+    edit_model = model(root, "gan")
+    assert edit_model.residual_colour == "luma"
+    crop = frame[:CROP_SIZE, :CROP_SIZE].copy()
+    crop[:] = 128  # mid grey: no clipping, so the change is exactly what was added
+    edit_model.set_edits([("smile", 1.0)])
+    change = edit_model.render([crop], edit_model.encode([crop]), StageTimes()).pop().astype(int) - 128
+    assert np.abs(change).max() > 0
+    assert np.abs(change[..., 0] - change[..., 2]).max() <= 1  # the same on every channel, up to rounding
+    own = model(root, "gan", generator=root / "generator.safetensors")  # your own generator keeps its colours
+    assert own.residual_colour == "rgb"
+
+
+def test_pack_refuses_an_unknown_residual_colour(tmp_path: Path) -> None:
+    import json
+
+    from engines.errors import CheckpointError
+    from stream.modelpack import MANIFEST, load_pack
+
+    root = make_random_pack(tmp_path / "p").root
+    manifest = json.loads((root / MANIFEST).read_text())
+    (root / MANIFEST).write_text(json.dumps({**manifest, "residual_colour": "sepia"}))
+    with pytest.raises(CheckpointError, match="residual_colour 'sepia'"):
+        load_pack(root)

@@ -22,6 +22,7 @@ from engines.nets.student import ResidualStudent
 from engines.nets.stylegan2 import Generator
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
+from stream.pipeline import ResidualColour, residual_change
 from training.directions import encode_all
 from training.edit_metrics import teacher_edit
 from training.pack import to_model_input
@@ -43,15 +44,15 @@ class DistillConfig:
 
 
 def make_pairs(generator: Generator, encoder: torch.nn.Module, crops: npt.NDArray[np.uint8], direction: Direction,
-               strength: float, chunk: int = 128) -> npt.NDArray[np.uint8]:
-    """Teacher-edited crops [N, S, S, 3] for crops [N, S, S, 3]."""
+               strength: float, chunk: int = 128, colour: ResidualColour = "rgb") -> npt.NDArray[np.uint8]:
+    """Teacher-edited crops [N, S, S, 3] for crops [N, S, S, 3] (colour: the pack's residual_colour)."""
     offset = edit_offset([LatentEdit(direction, strength)], direction.num_ws, direction.vector.shape[1])
     size = int(encoder.input_size)
     out = []
     for i in range(0, len(crops), chunk):
         part = crops[i:i + chunk]
         codes = encode_all(encoder, to_model_input(part, size))
-        out.append(teacher_edit(generator, part, codes, offset))
+        out.append(teacher_edit(generator, part, codes, offset, colour=colour))
     return np.concatenate(out)
 
 
@@ -109,13 +110,11 @@ def psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
 
 @torch.no_grad()
 def cpu_speed(student: ResidualStudent, generator: Generator, encoder: torch.nn.Module, crop: npt.NDArray[np.uint8],
-              offset: npt.NDArray[np.float32], repeats: int = 20) -> tuple[float, float]:
+              offset: npt.NDArray[np.float32], repeats: int = 20, colour: ResidualColour = "rgb") -> tuple[float, float]:
     """Median ms per crop at batch 1 on the current torch threads: (teacher, student).
 
     Teacher: resize to the encoder's size, encode, synthesise w' and w together (export-safe form, as the
     runtime), up-sample the difference and add it. Student: one forward at the crop's size."""
-    from stream.pipeline import images_to_pixels
-
     synthesis = generator.export_safe()
     size = int(encoder.input_size)
     off = torch.from_numpy(offset)[None]
@@ -123,7 +122,7 @@ def cpu_speed(student: ResidualStudent, generator: Generator, encoder: torch.nn.
     def teacher() -> None:
         w = encoder(to_model_input(crop[None], size))
         both = synthesis(torch.cat([w + off, w])).numpy()
-        np.clip(crop.astype(np.float32) + images_to_pixels(both[:1] - both[1:], crop.shape[0])[0], 0, 255)
+        np.clip(crop.astype(np.float32) + residual_change(both[:1] - both[1:], crop.shape[0], colour)[0], 0, 255)
 
     def run_student() -> None:
         to_crops(student(to_tensor(crop[None])))

@@ -21,7 +21,7 @@ from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.pipeline import images_to_pixels
+from stream.pipeline import ResidualColour, images_to_pixels, residual_change
 from stream.types import Crop
 from training.directions import part_box
 from training.synthesis import synthesize
@@ -42,10 +42,12 @@ def to_uint8(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 
 
 def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
-                 offset: npt.NDArray[np.float32], base: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
-    """Residual edit of crops [N, S, S, 3]: crop + up(G(w + offset) - G(w)). `base` = G(w) when already known."""
+                 offset: npt.NDArray[np.float32], base: npt.NDArray[np.float32] | None = None,
+                 colour: ResidualColour = "rgb") -> npt.NDArray[np.uint8]:
+    """Residual edit of crops [N, S, S, 3]: crop + up(G(w + offset) - G(w)), as the runtime pastes it
+    (stream.pipeline.residual_change with `colour`). `base` = G(w) when already known."""
     base = decode(generator, codes) if base is None else base
-    change = images_to_pixels(decode(generator, codes + offset[None]) - base, crops.shape[1])
+    change = residual_change(decode(generator, codes + offset[None]) - base, crops.shape[1], colour)
     return to_uint8(crops.astype(np.float32) + change)
 
 
@@ -110,7 +112,7 @@ def part_share(edited: npt.NDArray[np.uint8], crops: npt.NDArray[np.uint8], box:
 
 def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
                    landmarks: npt.NDArray[np.float32], directions: list[Direction], strengths: list[float],
-                   embedder: IdentityEmbedder | None = None) -> list[EditReport]:
+                   embedder: IdentityEmbedder | None = None, colour: ResidualColour = "rgb") -> list[EditReport]:
     """Edit every crop with every direction at every strength and measure what changed."""
     landmarker = DlibLandmarker()
     size = crops.shape[1]
@@ -126,7 +128,7 @@ def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: np
         for strength in strengths:
             offset = edit_offset([LatentEdit(direction, strength)], direction.num_ws, direction.vector.shape[1])
             edited_images = decode(generator, codes + offset[None])
-            edited = to_uint8(crops.astype(np.float32) + images_to_pixels(edited_images - base, size))
+            edited = to_uint8(crops.astype(np.float32) + residual_change(edited_images - base, size, colour))
             attrs, lms = measure(landmarker, edited, landmarks)
             attrs_dec, _ = measure(landmarker, upsampled(edited_images, size), landmarks)
             delta = (attrs - attrs0).mean(0)

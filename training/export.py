@@ -38,6 +38,10 @@ SHEET_STRENGTHS = [-3.0, 0.0, 2.0, 4.0, 6.0]
 # identity (dlib cosine); beyond it the edits of this small generator turn into blotches
 # (bench/pack_contact_sheet.png).
 MIN_IDENTITY_COSINE = 0.95
+# The pack's residual goes back as brightness only (stream.pipeline.residual_change): this small generator's
+# colour errors painted purple lips and green casts over the face at the strengths that show an edit, and
+# the edits' shapes (an open mouth, a wider one) are brightness changes (bench/pack_contact_sheet.png).
+RESIDUAL_COLOUR = "luma"
 # An edit counts as working when, at its calibrated strength, it moves its own attribute by at least this
 # share of its training contrast on held-out frames of seen people, and the right way on the unseen clip.
 MIN_SHARE_OF_GAP = 0.25
@@ -109,10 +113,10 @@ def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArr
         columns = [crops[rows], recon]
         for s in SHEET_STRENGTHS:
             offset = edit_offset([LatentEdit(d, s)], d.num_ws, d.vector.shape[1])
-            columns.append(teacher_edit(g, crops[rows], codes[rows], offset, base))
+            columns.append(teacher_edit(g, crops[rows], codes[rows], offset, base, RESIDUAL_COLOUR))
         cells = [[col[i] for col in columns] for i in range(len(rows))]
         blocks.append(grid(cells, ["input", "G(E(x))"] + [f"{s:+g}" for s in SHEET_STRENGTHS], row_labels,
-                           title=f"{d.name} (layers {d.layers}): crop + up(G(w + s*d) - G(w))"))
+                           title=f"{d.name} (layers {d.layers}): crop + {RESIDUAL_COLOUR} of up(G(w + s*d) - G(w))"))
     return stack(blocks)
 
 
@@ -130,7 +134,7 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
     for name, idx in (("heldout_frames", _subsample(data.split.heldout_frames, 40)),
                       ("heldout_clip", _subsample(data.split.heldout_clip, 30))):
         reports[name] = [r.row() for r in evaluate_edits(state.generator_ema, crops[idx], codes[idx], landmarks[idx],
-                                                         directions, STRENGTHS, embedder)]
+                                                         directions, STRENGTHS, embedder, RESIDUAL_COLOUR)]
     for d in directions:
         d.default_strength = calibrate_strength([r for r in reports["heldout_frames"] if r["edit"] == d.name])
     working = [d for d in directions if verify(d, reports)]
@@ -149,10 +153,11 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},
                "default_edit": list(default_edit),
                "default_strengths": {d.name: d.default_strength for d in directions}, "command": argv_note,
+               "residual_colour": RESIDUAL_COLOUR,
                "history": state.history[:1],
                "export_minutes": round((time.monotonic() - t0) / 60, 1)}
     save_pack(out_dir, crop_size=CROP_SIZE, generator=state.generator_ema, encoder=state.encoder_ema,
-              directions=directions, default_edit=default_edit,
+              directions=directions, default_edit=default_edit, residual_colour=RESIDUAL_COLOUR,
               extra={"model_card": "MODEL_CARD.md", "trained_steps": state.step,
                      "train_minutes": metrics["train_minutes"]})
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=1, default=str))

@@ -14,6 +14,7 @@ from stream.edits.attributes import ATTRIBUTE_NAMES
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
+from stream.pipeline import ResidualColour
 from training.data import Split
 from training.distill import DistillConfig, apply_student, cpu_speed, psnr_uint8
 from training.edit_metrics import measure
@@ -28,7 +29,7 @@ def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
 
 def evaluate_student(student: ResidualStudent, config: DistillConfig, generator: Generator, encoder: torch.nn.Module,
                      direction: Direction, crops: npt.NDArray[np.uint8], targets: npt.NDArray[np.uint8],
-                     landmarks: npt.NDArray[np.float32], split: Split) -> dict:
+                     landmarks: npt.NDArray[np.float32], split: Split, colour: ResidualColour = "rgb") -> dict:
     """PSNR student vs teacher, attribute change of both, and CPU ms of both at batch 1."""
     k = ATTRIBUTE_NAMES.index(direction.name) if direction.name in ATTRIBUTE_NAMES else None
     landmarker = DlibLandmarker()
@@ -46,7 +47,8 @@ def evaluate_student(student: ResidualStudent, config: DistillConfig, generator:
             out[f"teacher_change_{name}"] = float((teach - base)[:, k].mean())
             out[f"student_change_{name}"] = float((stud - base)[:, k].mean())
     offset = edit_offset([LatentEdit(direction, config.strength * direction.default_strength)], direction.num_ws, direction.vector.shape[1])
-    out["teacher_ms"], out["student_ms"] = cpu_speed(student, generator, encoder, crops[split.heldout_clip[0]], offset)
+    out["teacher_ms"], out["student_ms"] = cpu_speed(student, generator, encoder, crops[split.heldout_clip[0]], offset,
+                                                     colour=colour)
     out["threads"] = torch.get_num_threads()
     log.info("student: %s", {k: v for k, v in out.items() if k != "config"})
     return out

@@ -77,12 +77,13 @@ def run(args: argparse.Namespace) -> int:
     crops, landmarks = concat(clips)
     split = make_split(clips, holdout)
 
-    pairs_path = args.run_dir / f"pairs_{edit}_{strength:g}.npy"
+    colour = pack.residual_colour
+    pairs_path = args.run_dir / f"pairs_{edit}_{strength:g}_{colour}.npy"
     if pairs_path.exists():
         targets = np.load(pairs_path)
     else:
         targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 128], directions[edit],
-                                             strength * directions[edit].default_strength)
+                                             strength * directions[edit].default_strength, colour=colour)
                                   for i in tqdm(range(0, len(crops), 128), desc="teacher pairs", unit="batch")])
         save_pairs(pairs_path, targets)
     config = DistillConfig(edit, strength, width=args.width, depth=args.depth, batch=args.batch)
@@ -96,7 +97,7 @@ def run(args: argparse.Namespace) -> int:
         student, steps, seconds = train_student(config, crops[split.train], targets[split.train], args.minutes,
                                                 on_step, args.max_steps)
     result = evaluate_student(student, config, generator.module, encoder.module, directions[edit], crops, targets,
-                              landmarks, split)
+                              landmarks, split, colour)
     result.update({"steps": steps, "train_minutes": seconds / 60, "pairs": len(split.train),
                    "size": int(crops.shape[1])})
     print(f"student vs teacher PSNR: held-out frames {result['psnr_heldout_frames']:.2f} dB, held-out clip "
@@ -106,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
     save_pack(args.pack, crop_size=pack.crop_size, generator=generator.module, encoder=encoder.module,
               directions=list(directions.values()), students={edit: (student, strength)},
               latent_avg=encoder.latent_avg, default_edit=(edit, strength) if args.make_default else pack.default_edit,
-              extra=pack.extra)
+              residual_colour=pack.residual_colour, extra=pack.extra)
     (args.run_dir / f"student_{edit}_metrics.json").write_text(json.dumps(result, indent=1))
     if metrics is not None:
         metrics["student"] = result
