@@ -29,7 +29,7 @@ from typing import Any, ClassVar, Literal, get_args
 import torch
 from torch import Tensor, nn
 
-from engines.atomic import atomic_output
+from engines.atomic import atomic_write_bytes
 from engines.cache import sha256_file
 from engines.errors import CheckpointError
 from engines.nets.stylegan2 import Generator
@@ -433,7 +433,7 @@ def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.Pa
                      config: Mapping[str, Any], source_sha256: str = "", extra_tensors: Mapping[str, Tensor] | None = None,
                      source_format: str = "project") -> Path:
     """Write tensors + metadata atomically (temp file + rename). `module` may be a state_dict."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save  # to bytes: safetensors' own save_file leaves files at mode 0600
 
     if architecture not in get_args(Architecture):
         raise CheckpointError(f"{path}: unknown architecture {architecture!r}")
@@ -443,8 +443,7 @@ def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.Pa
                 "source_sha256": source_sha256, "source_format": source_format}
     path = Path(path)
     try:
-        with atomic_output(path) as temp:
-            save_file(tensors, str(temp), metadata=metadata)
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
     except OSError as err:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(err)}); "
                               "choose a writable folder with free space") from None

@@ -394,3 +394,18 @@ def test_convert_command(tmp_path: Path) -> None:
                          cwd=REPO, check=False, capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2
     assert bad.stderr.strip().count("\n") == 0 and "not found" in bad.stderr
+
+
+def test_saved_files_get_ordinary_permissions(tmp_path: Path) -> None:
+    """safetensors' save_file leaves 0600 files; a model pack must be readable like any file the user writes."""
+    from stream.edits.directions import Direction, save_directions
+
+    reference = tmp_path / "reference"
+    reference.write_bytes(b"")  # made the ordinary way: the mode the umask gives
+    expected = reference.stat().st_mode & 0o777
+    student = ResidualStudent(width=8, depth=1, levels=2, max_width=16)
+    weights = save_safetensors(student, tmp_path / "s.safetensors", "student", student.config)
+    directions = save_directions(tmp_path / "d.safetensors", [Direction("smile", np.ones((4, 8), np.float32), [1])])
+    assert weights.stat().st_mode & 0o777 == expected
+    assert directions.stat().st_mode & 0o777 == expected
+    assert load_checkpoint(weights).architecture == "student"

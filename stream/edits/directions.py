@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from engines.atomic import atomic_output
+from engines.atomic import atomic_write_bytes
 from engines.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -310,7 +310,7 @@ def save_directions(path: str | os.PathLike, directions: Sequence[Direction],
                     metadata: dict[str, str] | None = None) -> Path:
     """Write several named directions to one safetensors file (tensor per name, metadata as JSON);
     written to a temporary file and renamed, so a reader never sees half a file."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save  # to bytes: safetensors' own save_file leaves files at mode 0600
 
     names = [d.name for d in directions]
     if len(set(names)) != len(names) or not names:
@@ -320,8 +320,7 @@ def save_directions(path: str | os.PathLike, directions: Sequence[Direction],
     meta = {"format": DIRECTIONS_FORMAT, "version": DIRECTIONS_VERSION, "directions": json.dumps(records)}
     meta.update(metadata or {})
     out = Path(path)
-    with atomic_output(out) as temp:
-        save_file({d.name: d.vector for d in directions}, str(temp), metadata=meta)
+    atomic_write_bytes(out, save({d.name: d.vector for d in directions}, metadata=meta))
     return out
 
 
