@@ -115,8 +115,11 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         "- Nine people: an unseen face inverts to a blurry, partly generic face (see the held-out clip's PSNR). "
         "The runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the input's detail, so only the edit's "
         "change comes from this generator.",
-        f"- {cfg['size']} px: eyes are {max(2, cfg['size'] // 24)}-{max(3, cfg['size'] // 16)} px tall; small changes "
-        "there are hard to render and to measure.",
+        f"- {cfg['size']} px: an open eye is {max(2, cfg['size'] // 32)}-{max(3, cfg['size'] // 20)} px tall; small "
+        "changes there are hard to render and to measure.",
+        *(["- The residual goes back as brightness only (pack.json residual_colour luma): an edit that should change "
+           "colour cannot; for these expression edits that is what keeps the generator's colour errors off the face."]
+          if metrics.get("residual_colour") == "luma" else []),
         "- Directions are averages over nine clips' expressions; they also move correlated attributes (the other "
         "attributes' columns above show how much).",
         "- No adversarial loss: the generator is a decoder, not a sampler; random z through its mapping gives noise.",

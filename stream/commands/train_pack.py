@@ -113,7 +113,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _command_line(args: argparse.Namespace) -> str:
-    return (f"run_stream.py train-pack --data {args.data} --run {args.run_dir} --minutes {args.minutes:g} "
-            f"--size {args.size} --generator-width {args.generator_width} --encoder-width {args.encoder_width} "
-            f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip}"
-            + f" --eye-weight {args.eye_weight:g}" + (f" --grow-from {args.grow_from}" if args.grow_from else "") + (" --uniform-draws" if args.uniform_draws else ""))
+    """The call as it can be repeated; a grown run takes its shapes from the run it grows, not --size."""
+    shape = ("" if args.grow_from else f"--size {args.size} --generator-width {args.generator_width} "
+             f"--encoder-width {args.encoder_width} ")
+    return (f"run_stream.py train-pack --data {args.data} --run {args.run_dir} --minutes {args.minutes:g} {shape}"
+            f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip} --eye-weight {args.eye_weight:g}"
+            + (f" --grow-from {args.grow_from}" if args.grow_from else "") + (" --uniform-draws" if args.uniform_draws else ""))
