@@ -45,6 +45,7 @@ from stream.faces.align import ffhq_affine, warp_to_crop
 from stream.faces.detect import DlibDetector
 from stream.faces.track import FaceTracker
 from stream.media.source import FileSource
+from stream.pipeline import residual_change
 from stream.report import write_section
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -62,6 +63,7 @@ class Model:
     synthesis: Callable[[np.ndarray], np.ndarray]   # [N, num_ws, D] -> [N, 3, R, R]
     direction: Direction
     strength: float
+    residual_colour: str = "rgb"                    # the pack's (stream.pipeline.residual_change)
 
 
 def random_model(target_residual: float, checkpoint: Path | None = None) -> Model:
@@ -117,7 +119,8 @@ def pack_model(path: Path, edit: str) -> Model:
         raise SystemExit(f"{path}: no direction {edit!r} (has {', '.join(directions)})")
     d = directions[edit]
     return Model(f"demo pack {path} ({edit} at strength {d.default_strength:g})", pack.crop_size, enc.input_size,
-                 lambda x: np.asarray(enc.encode(x)), lambda w: np.asarray(g.synthesis(w)), d, d.default_strength)
+                 lambda x: np.asarray(enc.encode(x)), lambda w: np.asarray(g.synthesis(w)), d, d.default_strength,
+                 pack.residual_colour)
 
 
 def track_clip(path: Path, size: int, max_frames: int | None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -152,14 +155,11 @@ def batched(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray
 
 
 def residuals(model: Model, codes: np.ndarray) -> np.ndarray:
-    """G(w') - G(w) at crop size, [T, S, S, 3] in pixel units (0-255 scale)."""
+    """G(w') - G(w) at crop size as the runtime pastes it, [T, S, S, 3] in pixel units (0-255 scale)."""
     offset = model.strength * model.direction.vector * np.isin(np.arange(len(model.direction.vector)),
                                                                model.direction.layers)[:, None]
     r = batched(model.synthesis, (codes + offset).astype(np.float32)) - batched(model.synthesis, codes)
-    r = r.transpose(0, 2, 3, 1) * 127.5
-    if r.shape[1] != model.crop_size:
-        r = np.stack([cv2.resize(x, (model.crop_size, model.crop_size), interpolation=cv2.INTER_LINEAR) for x in r])
-    return r.astype(np.float32)
+    return residual_change(r, model.crop_size, model.residual_colour).astype(np.float32)
 
 
 def variants() -> dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]]:

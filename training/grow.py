@@ -1,7 +1,8 @@
 """Grow a trained demo-pack autoencoder to twice its resolution, starting where the smaller one left off.
 
-Training from scratch at 128 px costs about four times as much per step as at 64 px; growing a trained
-64 px run (as progressive GANs grow) keeps everything it learned and spends the new steps on detail.
+Growing a trained 64 px run (as progressive GANs grow) keeps everything it learned and spends the new steps
+on detail, where a fresh 128 px run would first spend an hour re-learning faces. (With the narrow 24-channel
+top block a 128 px step cost 1.2 s against 1.0 s at 64 px on one CPU thread, batch 16.)
 The grown networks reproduce the small pair's output exactly at step 0 (up to the encoder's input resize):
 
 - Generator: every existing layer keeps its weights; the new 2x block's ToRGB starts at zero, so the

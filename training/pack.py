@@ -1,14 +1,16 @@
 """The demo pack's autoencoder in W+: a DemoEncoder inverts aligned faces, a narrow StyleGAN2 synthesis
 network reconstructs them, trained together (L1 + (1 - SSIM), weighted towards the mouth and eyes).
 
-Lessons from DESIGN.md's probes: a low generator resolution (64 px; the runtime's residual paste-back
-`crop + up(G(w') - G(w))` keeps the output's detail), modulation applied to activations (training/
+Lessons from DESIGN.md's probes: a low generator resolution (64 px first, then grown to 128 px by
+training/grow.py; the runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the output's detail),
+modulation applied to activations (training/
 synthesis.py, twice as fast on the CPU), a moderate learning rate (2e-3 was unstable), many steps in the
 background with checkpoints and resume. An exponential moving average of the weights is what gets
 evaluated and exported (it removes most of the step-to-step noise of a small batch).
 
-The loss weights the face region, and more the mouth and eyes (from each crop's landmarks): at 64 px
-they cover a few pixels, and an edit can only carry an attribute the reconstructions show.
+The loss weights the face region, and more the mouth and eyes (from each crop's landmarks): they cover a
+few pixels, and an edit can only carry an attribute the reconstructions show. For the same reason crops at
+a clip's expression extremes are drawn more often (expression_weights).
 """
 from __future__ import annotations
 
