@@ -44,7 +44,9 @@ def baseline(clip: Path, out: Path) -> tuple[int, float]:
 
 
 def stand_in_pack(root: Path) -> Path:
-    """A random-weight pack with the demo pack's architecture (training/pack.py defaults)."""
+    """A random-weight pack with the shipped demo pack's architecture (its metrics.json config) and settings."""
+    import json
+
     import numpy as np
     import torch
 
@@ -54,13 +56,17 @@ def stand_in_pack(root: Path) -> Path:
     from stream.edits.directions import Direction
     from stream.modelpack import save_pack
 
+    shipped = json.loads((DEFAULT_PACK / "metrics.json").read_text())
+    cfg = shipped["config"]
     torch.manual_seed(0)
-    generator = Generator(**small_generator_config(64, width=96, n_mlp=2))
-    encoder = DemoEncoder(size=64, num_ws=generator.num_ws, width=32)
+    generator = Generator(**small_generator_config(cfg["size"], width=cfg["generator_width"],
+                                                   n_mlp=cfg["generator"]["n_mlp"]))
+    encoder = DemoEncoder(**cfg["encoder"])
     vector = np.random.default_rng(0).standard_normal((generator.num_ws, 512)).astype(np.float32)
     save_pack(root, crop_size=256, generator=generator, encoder=encoder,
               directions=[Direction("smile", vector, layers=list(range(generator.num_ws)))],
-              students={"smile": (ResidualStudent(), 1.0)}, default_edit=("smile", 1.0))
+              students={"smile": (ResidualStudent(), 1.0)}, default_edit=("smile", 1.0),
+              residual_colour=shipped.get("residual_colour", "rgb"))
     return root
 
 

@@ -120,9 +120,13 @@ def test_train_pack_resumes_exports_and_distills(tmp_path: Path):
 
     grown = tmp_path / "grown"
     assert _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(grown), "--grow-from", str(run),
-                             "--minutes", "5", "--max-steps", "1"]) == 0
+                             "--minutes", "5", "--max-steps", "1", "--eye-weight", "9", "--uniform-draws"]) == 0
     saved = torch.load(grown / "checkpoint.pt", weights_only=True)
-    assert json.loads(saved["config"])["size"] == 64 and saved["step"] == 5  # continues the small run's count
+    config = json.loads(saved["config"])
+    assert config["size"] == 64 and saved["step"] == 5  # continues the small run's count
+    # settings given on the command line reach the grown run; the rest are the small run's
+    assert config["eye_weight"] == 9 and not config["balance_expressions"]
+    assert config["batch"] == 4 and config["holdout_clip"] == "p2"
     assert sorted(p.name for p in (grown / "crops").glob("*.npz")) == ["p0.npz", "p1.npz", "p2.npz"]
 
 
@@ -264,3 +268,11 @@ def test_an_edit_that_does_not_move_its_attribute_is_marked():
     assert good.metadata["verified"] and good.description == "opens the eyes"
     assert not verify(bad, {"heldout_frames": [_row("eyes_open", 4, 0.01)], "heldout_clip": [_row("eyes_open", 4, 0.02)]})
     assert not bad.metadata["verified"] and "does not change the attribute" in bad.description
+
+
+def test_a_direction_without_training_contrast_never_verifies():
+    from stream.edits.directions import Direction
+    from training.export import verify
+
+    flat = Direction("eyes_open", np.zeros((4, 8), np.float32), [0], 4.0, "opens the eyes", {"score_gap": -0.01})
+    assert not verify(flat, {"heldout_frames": [_row("eyes_open", 4, 0.0)], "heldout_clip": [_row("eyes_open", 4, 0.01)]})

@@ -85,7 +85,8 @@ def verify(direction: Direction, reports: dict[str, list[dict]]) -> bool:
     seen = _row(reports["heldout_frames"], direction.name, direction.default_strength)
     unseen = _row(reports["heldout_clip"], direction.name, direction.default_strength)
     gap = direction.metadata["score_gap"]
-    works = seen["target_change"] >= MIN_SHARE_OF_GAP * gap and unseen["target_change"] > 0
+    # a direction whose training contrast did not even separate the groups cannot work
+    works = gap > 0 and seen["target_change"] >= MIN_SHARE_OF_GAP * gap and unseen["target_change"] > 0
     direction.metadata["verified"] = works
     if not works:
         direction.description += " (measured: it does not change the attribute; see the pack's MODEL_CARD.md)"

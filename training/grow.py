@@ -73,16 +73,17 @@ def _grow_encoder(small: DemoEncoder, big: DemoEncoder) -> None:
     big.load_state_dict(new)
 
 
-def grow_state(small: TrainState, lr: float | None = None, eye_weight: float | None = None) -> TrainState:
+def grow_state(small: TrainState, lr: float | None = None, eye_weight: float | None = None,
+               balance_expressions: bool = True) -> TrainState:
     """A fresh training state at twice the resolution of `small`, initialised from its EMA weights
-    (lr, eye_weight: None keeps the small run's)."""
+    (lr, eye_weight: None keeps the small run's; every other setting is the small run's)."""
     cfg = small.config
     size = cfg.size * 2
     num_ws = 2 * (size.bit_length() - 1) - 2
     config = PackConfig(size=size, generator_width=cfg.generator_width, encoder_width=cfg.encoder_width,
                         batch=cfg.batch, lr=cfg.lr if lr is None else lr, warmup_steps=cfg.warmup_steps,
                         ema_decay=cfg.ema_decay, holdout_clip=cfg.holdout_clip, holdout_frac=cfg.holdout_frac,
-                        seed=cfg.seed, start_step=small.step, balance_expressions=True,
+                        seed=cfg.seed, start_step=small.step, balance_expressions=balance_expressions,
                         eye_weight=cfg.eye_weight if eye_weight is None else eye_weight,
                         generator=small_generator_config(size, width=cfg.generator_width, n_mlp=cfg.generator["n_mlp"]),
                         encoder={**small.encoder.config, "size": size, "num_ws": num_ws})

@@ -54,6 +54,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
     from tqdm import tqdm
 
+    from engines.checkpoints import file_sha256
     from engines.errors import UserError
     from stream.modelpack import load_pack, save_pack
     from training.data import concat, load_cache, make_split
@@ -78,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
     split = make_split(clips, holdout)
 
     colour = pack.residual_colour
-    pairs_path = args.run_dir / f"pairs_{edit}_{strength:g}_{colour}.npy"
+    # the teacher is this generator at this vector strength (a re-export recalibrates default_strength)
+    vector_strength = strength * directions[edit].default_strength
+    teacher = f"{file_sha256(pack.generator)[:12]}_{file_sha256(pack.directions)[:12]}"
+    pairs_path = args.run_dir / f"pairs_{edit}_{vector_strength:g}_{colour}_{teacher}.npy"
     if pairs_path.exists():
         targets = np.load(pairs_path)
     else:
         targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 128], directions[edit],
-                                             strength * directions[edit].default_strength, colour=colour)
+                                             vector_strength, colour=colour)
                                   for i in tqdm(range(0, len(crops), 128), desc="teacher pairs", unit="batch")])
         save_pairs(pairs_path, targets)
     config = DistillConfig(edit, strength, width=args.width, depth=args.depth, batch=args.batch)

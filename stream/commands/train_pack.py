@@ -15,8 +15,12 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engines.errors import UserError
+
+if TYPE_CHECKING:
+    from training.pack import PackConfig
 
 HELP = "train the demo model pack (encoder + small StyleGAN2) from face videos; resumable; --export writes it"
 
@@ -38,10 +42,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="new runs: start from RUN's networks grown to twice its resolution")
     parser.add_argument("--uniform-draws", action="store_true",
                         help="new runs: draw training crops uniformly (default: rare expressions more often)")
-    parser.add_argument("--eye-weight", type=float, default=3.0,
-                        help="new runs: loss weight added on the eyes (default 3, as on the mouth)")
+    parser.add_argument("--eye-weight", type=float, default=None,
+                        help="new runs: loss weight added on the eyes (default 3, as on the mouth; grown runs: "
+                             "the grown run's)")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=None,
+                        help="new runs: Adam learning rate (default 5e-4; grown runs: the grown run's)")
     parser.add_argument("--holdout-clip", default="d19", help="clip name held out entirely (an unseen person)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (1: on a shared CPU, more threads spin and run slower)")
     parser.add_argument("--checkpoint-minutes", type=float, default=4.0)
@@ -58,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from training.data import build_cache, load_cache
-    from training.pack import CHECKPOINT, PackConfig, load_state, open_run, prepare_data, train
+    from training.pack import CHECKPOINT, PackConfig, load_state, open_run, prepare_data, save_state, train
 
     torch.set_num_threads(args.threads)
     if args.run_dir.exists() and not args.run_dir.is_dir():
@@ -70,15 +76,18 @@ def run(args: argparse.Namespace) -> int:
     if clips and len(list(crops_dir.glob("*.npz"))) < len(clips):
         for clip in tqdm(build_cache(args.data, crops_dir), total=len(clips), desc="aligning faces", unit="clip"):
             tqdm.write(f"  {clip.name}: {len(clip)} faces")
+    given = {k: v for k, v in (("lr", args.lr), ("eye_weight", args.eye_weight)) if v is not None}
     config = PackConfig(size=args.size, generator_width=args.generator_width, encoder_width=args.encoder_width,
-                        batch=args.batch, lr=args.lr, holdout_clip=args.holdout_clip,
-                        balance_expressions=not args.uniform_draws, eye_weight=args.eye_weight)
+                        batch=args.batch, holdout_clip=args.holdout_clip,
+                        balance_expressions=not args.uniform_draws, **given)
     cache = load_cache(crops_dir)  # before open_run, so a missing cache leaves no empty run folder behind
     if args.grow_from is not None and not (args.run_dir / CHECKPOINT).exists():
         from training.grow import grow_state
 
-        state = grow_state(load_state(args.grow_from), lr=args.lr, eye_weight=args.eye_weight)
+        state = grow_state(load_state(args.grow_from), lr=args.lr, eye_weight=args.eye_weight,
+                           balance_expressions=not args.uniform_draws)
         args.run_dir.mkdir(parents=True, exist_ok=True)
+        save_state(state, args.run_dir)  # a resume (or --minutes 0) starts from the grown networks
         print(f"grew {args.grow_from} (size {state.config.size // 2}, step {state.step}) to {state.config.size} px")
     else:
         state = open_run(args.run_dir, config)
@@ -104,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
         from training.export import export_pack
         from training.model_card import write_results_section
 
-        card = export_pack(state, data, load_cache(crops_dir), args.export, _command_line(args), args.sheet)
+        card = export_pack(state, data, load_cache(crops_dir), args.export, _command_line(args, state.config), args.sheet)
         print(f"wrote {args.export} ({card}), contact sheet {args.sheet}")
         if args.results is not None:
             metrics = json.loads((args.export / "metrics.json").read_text())
@@ -112,10 +121,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line(args: argparse.Namespace) -> str:
-    """The call as it can be repeated; a grown run takes its shapes from the run it grows, not --size."""
-    shape = ("" if args.grow_from else f"--size {args.size} --generator-width {args.generator_width} "
-             f"--encoder-width {args.encoder_width} ")
+def _command_line(args: argparse.Namespace, config: PackConfig) -> str:
+    """The call as it can be repeated, with the settings the run used (a resumed or grown run keeps its own)."""
+    shape = ("" if args.grow_from else f"--size {config.size} --generator-width {config.generator_width} "
+             f"--encoder-width {config.encoder_width} ")
     return (f"run_stream.py train-pack --data {args.data} --run {args.run_dir} --minutes {args.minutes:g} {shape}"
-            f"--batch {args.batch} --lr {args.lr:g} --holdout-clip {args.holdout_clip} --eye-weight {args.eye_weight:g}"
-            + (f" --grow-from {args.grow_from}" if args.grow_from else "") + (" --uniform-draws" if args.uniform_draws else ""))
+            f"--batch {config.batch} --lr {config.lr:g} --holdout-clip {config.holdout_clip} "
+            f"--eye-weight {config.eye_weight:g}" + (f" --grow-from {args.grow_from}" if args.grow_from else "")
+            + ("" if config.balance_expressions else " --uniform-draws"))
