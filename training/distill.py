@@ -1,7 +1,8 @@
 """Distil one edit of a pack into a ResidualStudent: crop -> crop + predicted change, no generator.
 
 Pairs: every aligned crop at the pack's crop size, and its teacher edit `crop + up(G(w + s*d) - G(w))`
-(training/edit_metrics.teacher_edit, what the runtime pastes back), with w the pack encoder's code.
+(training/edit_metrics.teacher_edit, what the runtime pastes back, in the pack's residual colour mode),
+with w the pack encoder's code.
 The student (engines/nets/student.py, zero-initialised, so it starts as the identity) learns that change
 at the crop's own resolution with an L1 loss. Same split as the pack: it never trains on held-out frames
 or the held-out clip, which measure it.

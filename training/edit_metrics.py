@@ -1,7 +1,7 @@
 """Does an edit do what it says? Teacher edits of aligned crops, measured with landmarks and identity.
 
 The teacher edit of a crop is what the runtime pastes back: `crop + up(G(w') - G(w))` at the crop's size
-(stream.pipeline's residual, same resize). Each edited crop is measured with dlib's 68-point predictor in
+(stream.pipeline.residual_change, same resize; only its brightness for a pack with residual_colour luma). Each edited crop is measured with dlib's 68-point predictor in
 the box of the face's original landmarks, and so is the unedited crop, so the change in a landmark
 attribute is the edit's, not the measuring's. The decoded generator image alone (`G(w')` vs `G(w)`,
 up-sampled to the crop size) is measured the same way: the attribute has to be there before the residual.
