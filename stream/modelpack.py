@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from engines.atomic import atomic_write_bytes
 from engines.errors import CheckpointError
+from stream.types import RESIDUAL_COLOURS
 
 if TYPE_CHECKING:
     from torch import Tensor, nn
@@ -146,8 +147,9 @@ def load_pack(root: Path | str = DEFAULT_PACK) -> ModelPack:
             raise CheckpointError(f"{manifest}: default_edit must be {{\"name\": str, \"strength\": number}}")
         default_edit = (entry["name"], float(entry["strength"]))
     residual_colour = data.get("residual_colour", "rgb")
-    if residual_colour not in ("rgb", "luma"):
-        raise CheckpointError(f"{manifest}: residual_colour {residual_colour!r} must be \"rgb\" or \"luma\"")
+    if residual_colour not in RESIDUAL_COLOURS:
+        raise CheckpointError(f"{manifest}: residual_colour {residual_colour!r} must be one of "
+                              f"{', '.join(RESIDUAL_COLOURS)}")
     return ModelPack(
         root=root,
         crop_size=crop_size,

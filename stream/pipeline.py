@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, Protocol, get_args
+from typing import Protocol
 
 import cv2
 import numpy as np
@@ -37,7 +37,7 @@ from stream.config import FACES_MODES, EditSpec, FacesMode
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, apply_edits
 from stream.faces.align import ffhq_affine, warp_to_crop
-from stream.types import Affine2x3, Crop, Face, Frame, StageTimes, WPlus
+from stream.types import RESIDUAL_COLOURS, Affine2x3, Crop, Face, Frame, ResidualColour, StageTimes, WPlus
 
 Images = npt.NDArray[np.float32]       # [N, 3, S, S] in [-1, 1]
 
@@ -68,8 +68,6 @@ def images_to_pixels(images: Images, size: int) -> npt.NDArray[np.float32]:
     return np.stack([cv2.resize(p, (size, size), interpolation=cv2.INTER_LINEAR) for p in pixels])
 
 
-ResidualColour = Literal["rgb", "luma"]
-RESIDUAL_COLOURS: tuple[str, ...] = get_args(ResidualColour)
 # ITU-R BT.601 luma weights: the brightness part of an RGB change
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 

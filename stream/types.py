@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -13,6 +14,9 @@ Landmarks5 = npt.NDArray[np.float32]   # [5, 2] eyes, nose, mouth corners (insig
 Affine2x3 = npt.NDArray[np.float64]    # [2, 3] maps frame pixels -> crop pixels
 WPlus = npt.NDArray[np.float32]        # [num_ws, 512] (or [N, num_ws, 512] batched)
 Box = tuple[float, float, float, float]  # x0, y0, x1, y1 in frame pixels
+# how a generator's change G(w') - G(w) goes back onto the crop (stream.pipeline.residual_change)
+ResidualColour = Literal["rgb", "luma"]
+RESIDUAL_COLOURS: tuple[str, ...] = get_args(ResidualColour)
 
 
 @dataclass

@@ -23,7 +23,8 @@ from engines.nets.student import ResidualStudent
 from engines.nets.stylegan2 import Generator
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
-from stream.pipeline import ResidualColour, residual_change
+from stream.pipeline import residual_change
+from stream.types import ResidualColour
 from training.directions import encode_all
 from training.edit_metrics import teacher_edit
 from training.pack import to_model_input

@@ -21,8 +21,8 @@ from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.pipeline import ResidualColour, images_to_pixels, residual_change
-from stream.types import Crop
+from stream.pipeline import images_to_pixels, residual_change
+from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.synthesis import synthesize
 

@@ -33,8 +33,8 @@ from engines.atomic import atomic_output
 from engines.errors import CheckpointError
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
-from stream.edits.attributes import ATTRIBUTE_NAMES, attribute_matrix
 from training.data import ClipCrops, Split, concat, make_split
+from training.directions import EDIT_NAMES, attribute_scores
 from training.losses import psnr, reconstruction_loss
 from training.synthesis import synthesize
 
@@ -121,12 +121,10 @@ def expression_weights(landmarks: npt.NDArray[np.float32], clip_id: npt.NDArray[
 
     Extreme expressions are rare in talking heads (a blink is a few percent of frames), and an autoencoder
     trained on uniform draws renders them as the clip's usual face; an edit can only move along what the
-    reconstructions show. Each of mouth_open, smile and eyes_open adds 1 to a crop in the lowest or highest
+    reconstructions show. Each edit of training.directions.EDIT_NAMES adds 1 to a crop in the lowest or highest
     `tail` of its clip."""
-    table = attribute_matrix(landmarks)
     weights = np.ones(len(landmarks))
-    for name in ("mouth_open", "smile", "eyes_open"):
-        scores = table[:, ATTRIBUTE_NAMES.index(name)]
+    for scores in (attribute_scores(landmarks)[name] for name in EDIT_NAMES):
         for clip in np.unique(clip_id):
             member = clip_id == clip
             lo, hi = np.quantile(scores[member], [tail, 1.0 - tail])

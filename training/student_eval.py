@@ -14,7 +14,7 @@ from stream.edits.attributes import ATTRIBUTE_NAMES
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.pipeline import ResidualColour
+from stream.types import ResidualColour
 from training.data import Split
 from training.distill import DistillConfig, apply_student, cpu_speed, psnr_uint8
 from training.edit_metrics import measure
