@@ -105,11 +105,6 @@ def apply_student(student: ResidualStudent, crops: npt.NDArray[np.uint8], scale:
     return np.concatenate(out)
 
 
-def psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-
-
 @torch.no_grad()
 def cpu_speed(student: ResidualStudent, generator: Generator, encoder: torch.nn.Module, crop: npt.NDArray[np.uint8],
               offset: npt.NDArray[np.float32], repeats: int = 20, colour: ResidualColour = "rgb") -> tuple[float, float]:

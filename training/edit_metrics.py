@@ -24,6 +24,7 @@ from stream.faces.detect import DlibLandmarker
 from stream.pipeline import images_to_pixels, residual_change
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
+from training.losses import psnr_uint8
 from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
@@ -94,11 +95,6 @@ class EditReport:
                 "part_share": round(self.part_share, 3), "part_area": round(self.part_area, 3)}
 
 
-def _psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-
-
 def part_share(edited: npt.NDArray[np.uint8], crops: npt.NDArray[np.uint8], box: tuple[float, ...]) -> float:
     """Share of the squared change (edited - crops) that falls inside `box` (fractions of the crop).
 
@@ -139,7 +135,7 @@ def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: np
             reports.append(EditReport(direction.name, strength, len(crops), float(delta[k]),
                                       float((attrs_dec - attrs0_dec).mean(0)[k]),
                                       {n: float(delta[j]) for j, n in enumerate(ATTRIBUTE_NAMES) if j != k},
-                                      identity, _psnr_uint8(edited, crops), part_share(edited, crops, box),
+                                      identity, psnr_uint8(edited, crops), part_share(edited, crops, box),
                                       (box[2] - box[0]) * (box[3] - box[1])))
             log.info("%s %+.1f: %s %+.4f (decoded %+.4f), identity %.3f, %.0f%% of the change in its part",
                      direction.name, strength, direction.name, reports[-1].target_change,

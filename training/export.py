@@ -23,7 +23,7 @@ from stream.modelpack import save_pack
 from training.data import ClipCrops, concat
 from training.directions import discover_directions, encode_all
 from training.edit_metrics import decode, evaluate_edits, teacher_edit, upsampled
-from training.losses import psnr
+from training.losses import psnr, psnr_uint8
 from training.model_card import write_model_card
 from training.pack import PackData, TrainState
 from training.sheets import grid, save_png, stack
@@ -51,11 +51,6 @@ def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
     return idx[np.linspace(0, len(idx) - 1, min(count, len(idx))).round().astype(int)]
 
 
-def _psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))
-
-
 def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray[np.float32],
                            crops: npt.NDArray[np.uint8]) -> dict[str, dict[str, float]]:
     """PSNR of G(E(x)) against x at the model's size, and of up(G(E(x))) against the 256 px crop."""
@@ -65,7 +60,7 @@ def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray
         images = decode(state.generator_ema, codes[idx])
         out[name] = {"faces": len(idx),
                      "psnr_model_size": float(psnr(torch.from_numpy(images), data.images[torch.from_numpy(idx)]).mean()),
-                     "psnr_crop_size": _psnr_uint8(upsampled(images, crops.shape[1]), crops[idx])}
+                     "psnr_crop_size": psnr_uint8(upsampled(images, crops.shape[1]), crops[idx])}
     return out
 
 

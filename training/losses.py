@@ -1,8 +1,10 @@
-"""Reconstruction losses and metrics for the demo pack (images in [-1, 1])."""
+"""Reconstruction losses and metrics for the demo pack (images in [-1, 1]; psnr_uint8: uint8 crops)."""
 from __future__ import annotations
 
 import functools
 
+import numpy as np
+import numpy.typing as npt
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -45,3 +47,9 @@ def psnr(pred: Tensor, target: Tensor) -> Tensor:
     """PSNR in dB per image [N] for images in [-1, 1] (peak-to-peak 2)."""
     mse = (pred.clamp(-1, 1) - target).square().flatten(1).mean(1)
     return 10 * torch.log10(4.0 / mse.clamp_min(1e-10))
+
+
+def psnr_uint8(a: npt.NDArray[np.uint8], b: npt.NDArray[np.uint8]) -> float:
+    """Mean PSNR in dB over uint8 images [N, H, W, 3] (peak 255)."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10 * np.log10(255.0**2 / np.maximum(mse, 1e-10))))

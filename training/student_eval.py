@@ -16,8 +16,9 @@ from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
 from stream.types import ResidualColour
 from training.data import Split
-from training.distill import DistillConfig, apply_student, cpu_speed, psnr_uint8
+from training.distill import DistillConfig, apply_student, cpu_speed
 from training.edit_metrics import measure
+from training.losses import psnr_uint8
 from training.sheets import grid, save_png
 
 log = logging.getLogger(__name__)
