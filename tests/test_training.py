@@ -144,6 +144,9 @@ def test_run_option_reaches_train_pack_and_distill_through_the_cli(tmp_path: Pat
     blocker.write_text("not a folder")
     assert cli.main(["train-pack", "--data", str(tmp_path / "none"), "--run", str(blocker), "--minutes", "0"]) == 2
     assert "not a folder" in capsys.readouterr().err
+    # a run to grow from that is not one fails before any face is aligned
+    assert cli.main(["train-pack", "--run", str(run), "--grow-from", str(tmp_path / "nothing"), "--minutes", "0"]) == 2
+    assert "--grow-from" in capsys.readouterr().err and not run.exists()
 
 
 def test_distill_pairs_cache_is_never_half_written(tmp_path: Path, monkeypatch):

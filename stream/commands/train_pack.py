@@ -69,6 +69,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     if args.run_dir.exists() and not args.run_dir.is_dir():
         raise UserError(f"--run {args.run_dir}: is a file, not a folder; choose a run folder")
+    growing = args.grow_from is not None and not (args.run_dir / CHECKPOINT).exists()
+    if growing and not (args.grow_from / CHECKPOINT).is_file():
+        raise UserError(f"--grow-from {args.grow_from}: no {CHECKPOINT} there; give the folder of a train-pack run")
     crops_dir = args.run_dir / "crops"
     if args.grow_from is not None and not crops_dir.exists() and (args.grow_from / "crops").is_dir():
         shutil.copytree(args.grow_from / "crops", crops_dir)  # the grown run keeps its own copy of the cache
@@ -81,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
                         batch=args.batch, holdout_clip=args.holdout_clip,
                         balance_expressions=not args.uniform_draws, **given)
     cache = load_cache(crops_dir)  # before open_run, so a missing cache leaves no empty run folder behind
-    if args.grow_from is not None and not (args.run_dir / CHECKPOINT).exists():
+    if growing:
         from training.grow import grow_state
 
         state = grow_state(load_state(args.grow_from), lr=args.lr, eye_weight=args.eye_weight,
