@@ -15,7 +15,6 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from pathlib import Path
 
 from engines.errors import MissingDependency, UserError
 from stream.batch import BatchItem, BatchWorker, FramesCallback, Outcome, OutcomeCallback
@@ -82,12 +81,9 @@ def connected(address: str) -> Iterator[object]:
     if ray.is_initialized():
         yield ray
         return
-    # workers on this machine import the same code as this driver (a checkout that is not installed too)
-    source_root = str(Path(__file__).resolve().parents[1])
-    runtime_env = {"env_vars": {"PYTHONPATH": source_root}} if address == LOCAL else None
     try:
         ray.init(address=None if address == LOCAL else address, include_dashboard=False,
-                 runtime_env=runtime_env, logging_level=logging.WARNING)
+                 logging_level=logging.WARNING)
     except (ConnectionError, ValueError, RuntimeError) as err:
         raise UserError(f"--ray {address}: no Ray cluster reachable there ({err}); start one with "
                         "`ray start --head`, or use --ray local") from None
