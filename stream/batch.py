@@ -33,11 +33,12 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".ts", ".wmv"})
 LIST_SUFFIXES = frozenset({".txt", ".list", ".lst"})
 Status = Literal["done", "skipped", "failed", "interrupted"]
+RESUME_HINT = "stopped before the end; run the batch again to resume"
 
 
 @dataclass(frozen=True)
 class BatchItem:
-    """One input and the output it becomes. `index`: its place in the batch (progress, the summary's order)."""
+    """One input and the output it becomes; `index` is its place in the batch (progress, summary order)."""
 
     index: int
     input: Path
@@ -65,7 +66,7 @@ class Outcome:
 
 
 class Stopped(Exception):
-    """Raised inside a running file job when its worker is asked to stop; the job deletes its partial output."""
+    """Raised in a running file job when its worker is asked to stop; the job deletes its partial output."""
 
 
 # -- inputs and output names -------------------------------------------------------------------------------
@@ -79,7 +80,8 @@ def collect_inputs(paths: Sequence[Path]) -> list[Path]:
         if path.is_dir():
             videos = sorted(p for p in path.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file())
             if not videos:
-                raise UserError(f"{path}: no video files in this folder ({', '.join(sorted(VIDEO_SUFFIXES))})")
+                kinds = ", ".join(sorted(VIDEO_SUFFIXES))
+                raise UserError(f"{path}: no video files in this folder ({kinds})")
             found += videos
         elif path.suffix.lower() in LIST_SUFFIXES and path.is_file():
             found += _listed(path)
@@ -95,14 +97,15 @@ def _listed(list_file: Path) -> list[Path]:
     try:
         lines = list_file.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as err:
-        raise UserError(f"{list_file}: cannot read this list of inputs ({err}); give a UTF-8 text file") from None
+        raise UserError(f"{list_file}: cannot read this list of inputs ({err}); give a UTF-8 text file"
+                        ) from None
     entries = [line.strip() for line in lines]
     return [list_file.parent / entry for entry in entries if entry and not entry.startswith("#")]
 
 
 def output_names(inputs: Sequence[Path]) -> list[str]:
     """`<stem>.mp4` for each input; stems that collide (ignoring case, for case-blind file systems) get
-    `<stem>-<8 hex of the input's path>.mp4`, which depends on that path alone, so a resumed batch finds them."""
+    `<stem>-<8 hex of the input's path>.mp4`, which depends on that path alone: a resumed batch finds it."""
     counts: dict[str, int] = {}
     for path in inputs:
         counts[path.stem.casefold()] = counts.get(path.stem.casefold(), 0) + 1
@@ -136,7 +139,7 @@ def _declared_frames(path: Path) -> int:
         return 0
 
 
-# -- completion markers ---------------------------------------------------------------------------------------
+# -- completion markers -------------------------------------------------------------------------------------
 
 def marker_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.done")
@@ -156,8 +159,8 @@ def _input_identity(path: Path) -> dict[str, object]:
 
 
 def write_marker(item: BatchItem, settings: str, frames: int, seconds: float) -> None:
-    record = {"input": _input_identity(item.input), "settings": settings, "output_size": item.output.stat().st_size,
-              "frames": frames, "seconds": seconds}
+    record = {"input": _input_identity(item.input), "settings": settings,
+              "output_size": item.output.stat().st_size, "frames": frames, "seconds": seconds}
     atomic_write_bytes(item.marker, json.dumps(record, indent=1).encode())
 
 
@@ -200,8 +203,8 @@ class BatchWorker:
         self._stop.set()
 
     def run(self, item: BatchItem, on_frame: Callable[[], None] | None = None) -> Outcome:
-        """Edit `item` (the file job's guarantees), then mark it complete. A bad input is a failed Outcome with
-        the file job's one-line reason; a stop request an interrupted one."""
+        """Edit `item` (the file job's guarantees), then mark it complete. A bad input is a failed Outcome
+        with the file job's one-line reason; a stop request an interrupted one."""
         from stream.filejob import run_file_job
 
         def frame_done(_frame: object) -> None:
@@ -216,7 +219,7 @@ class BatchWorker:
                 result = run_file_job(config, on_frame=frame_done)
             write_marker(item, self.settings, result.frames, result.seconds)
         except Stopped:
-            return Outcome(item, "interrupted", reason="stopped before the end; run the batch again to resume")
+            return Outcome(item, "interrupted", reason=RESUME_HINT)
         except UserError as err:
             return Outcome(item, "failed", reason=str(err))
         except Exception as err:  # one input must not end the batch; the traceback goes to the debug log
@@ -270,7 +273,7 @@ def _cuda_devices() -> list[str]:
         import torch
 
         count = torch.cuda.device_count()
-    except Exception:  # a broken CUDA install counts as no GPU, as the backends do
+    except (ImportError, RuntimeError):  # a broken CUDA install counts as no GPU
         return []
     ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else [str(i) for i in range(count)]
     return ids[:count]
@@ -284,14 +287,19 @@ def run_local(template: FileJobConfig, items: Sequence[BatchItem], devices: Sequ
     if len(devices) == 1 and devices[0] is None:
         worker = BatchWorker(template)
         for item in items:
-            on_outcome(worker.run(item, lambda index=item.index: on_frames(index, 1)))
+            try:
+                outcome = worker.run(item, lambda index=item.index: on_frames(index, 1))
+            except KeyboardInterrupt:  # the job deleted its partial output on the way out
+                on_outcome(Outcome(item, "interrupted", reason=RESUME_HINT))
+                raise
+            on_outcome(outcome)
         return
     from stream.batchprocs import run_in_processes
 
     run_in_processes(template, items, devices, on_frames, on_outcome)
 
 
-# -- the summary ----------------------------------------------------------------------------------------------
+# -- the summary --------------------------------------------------------------------------------------------
 
 def summary_table(outcomes: Sequence[Outcome], wall_seconds: float) -> str:
     """One row per item (input, status, frames, fps, output or reason), then the totals."""

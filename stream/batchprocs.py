@@ -32,7 +32,7 @@ def _serve(worker_id: int, template: FileJobConfig, device: str | None, tasks, e
     except UserError as err:
         events.put(("error", str(err)))
         return
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001  (the parent reports it in one line; this process has no log)
         events.put(("error", f"a worker could not load the networks ({type(err).__name__}: {err})"))
         return
 
@@ -93,8 +93,9 @@ def run_in_processes(template: FileJobConfig, items: Sequence[BatchItem], device
                 index = running.pop(worker_id, None)
                 if index is not None and index not in reported:
                     reported.add(index)
-                    on_outcome(Outcome(by_index[index], "failed", reason=f"the worker process died (exit code "
-                                                                          f"{processes[worker_id].exitcode})"))
+                    code = processes[worker_id].exitcode
+                    on_outcome(Outcome(by_index[index], "failed",
+                                       reason=f"the worker process died (exit code {code})"))
 
     try:
         while live:
@@ -102,6 +103,9 @@ def run_in_processes(template: FileJobConfig, items: Sequence[BatchItem], device
                 handle(events.get(timeout=1.0))
             except queue.Empty:
                 reap()
+        for item in items:
+            if item.index not in reported:   # every worker died before taking it
+                on_outcome(Outcome(item, "failed", reason="no worker was left to take it (see above)"))
     except BaseException:
         # Ctrl-C, a worker that cannot load, or a callback's error: stop the others cleanly first
         stop.set()

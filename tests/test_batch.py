@@ -9,8 +9,8 @@ import pytest
 from engines.errors import UserError
 from stream import cli
 from stream.batch import BatchItem, collect_inputs, marker_path, output_names, plan, run_local
-from stream.commands.file import job_config
 from stream.commands.batch import add_arguments
+from stream.commands.file import job_config
 from tests.media_clips import audio_packets, make_clip, video_timestamps
 from tests.random_pack import make_random_pack
 
@@ -40,7 +40,8 @@ def test_same_stems_get_distinct_stable_names(tmp_path: Path) -> None:
               tmp_path / "other.mp4"]
     names = output_names(inputs)
     assert names[3] == "other.mp4"
-    assert len(set(n.casefold() for n in names)) == 4 and all(n.startswith(("clip-", "CLIP-")) for n in names[:3])
+    assert len({n.casefold() for n in names}) == 4
+    assert all(n.casefold().startswith("clip-") for n in names[:3])
     # a name depends on its own input alone: the same input gets it again in another order
     assert output_names(list(reversed(inputs)))[::-1] == names
 
@@ -107,7 +108,7 @@ def test_interrupted_batch_leaves_no_partial_output_and_resumes(pack: Path, tmp_
 
     with pytest.raises(KeyboardInterrupt):
         run_local(template, items, [None], interrupt_second, outcomes.append)
-    assert [o.status for o in outcomes] == ["done"]
+    assert [o.status for o in outcomes] == ["done", "interrupted"]
     assert sorted(p.name for p in out.iterdir()) == [".a.mp4.done", "a.mp4"]
 
     from stream.batch import completed, job_settings
@@ -130,4 +131,5 @@ def test_plan_needs_an_existing_folder(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="not a folder"):
         plan([tmp_path / "a.mp4"], tmp_path / "missing")
     (tmp_path / "out").mkdir()
-    assert plan([tmp_path / "a.mp4"], tmp_path / "out") == [BatchItem(0, tmp_path / "a.mp4", tmp_path / "out" / "a.mp4")]
+    expected = BatchItem(0, tmp_path / "a.mp4", tmp_path / "out" / "a.mp4")
+    assert plan([tmp_path / "a.mp4"], tmp_path / "out") == [expected]

@@ -1,5 +1,5 @@
-"""The batch on a local Ray cluster that the test starts (2 CPUs, loopback only): every output frame-exact with
-its audio, then a batch interrupted with Ctrl-C (SIGINT) and resumed."""
+"""The batch on a local Ray cluster that the test starts (2 CPUs, loopback only): every output frame-exact
+with its audio, then a batch interrupted with Ctrl-C (SIGINT) and resumed."""
 from __future__ import annotations
 
 import os

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, metavar="N",
                         help="workers, each loading the networks once (default: one per GPU, else 1)")
     parser.add_argument("--ray", metavar="ADDRESS",
-                        help="run on a Ray cluster: its address (e.g. auto, or ray://HEAD:10001), or local to "
-                             "start one on this machine (needs the cluster extra)")
+                        help="run on a Ray cluster: its address (e.g. auto, or ray://HEAD:10001), or local "
+                             "to start one on this machine (needs the cluster extra)")
     add_job_arguments(parser)
 
 

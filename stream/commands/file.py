@@ -79,7 +79,8 @@ def model_config(args: argparse.Namespace, **files: Path | None):
                        **files)
 
 
-def job_config(args: argparse.Namespace, input: Path | None = None, output: Path | None = None) -> FileJobConfig:
+def job_config(args: argparse.Namespace, input: Path | None = None,
+               output: Path | None = None) -> FileJobConfig:
     """The job the options ask for; `input` and `output` replace args.input and args.output (batch)."""
     from stream.config import parse_edit
     from stream.media.sink import EncoderSettings
