@@ -26,7 +26,7 @@ POLL_S = 0.5            # how often the driver asks the actors how far their vid
 STOP_WAIT_S = 60.0      # how long Ctrl-C waits for the running jobs to delete their partial outputs
 # Ray starts a local cluster on the machine's network address unless told this (a setting meant for
 # laptops); a cluster private to one batch has no reason to listen beyond loopback
-_LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 class BatchActor:
@@ -64,7 +64,7 @@ class BatchActor:
 def import_ray(address: str):
     """The ray module; MissingDependency naming the extra when it is not installed."""
     if address == LOCAL:
-        os.environ.setdefault(_LOOPBACK_ONLY, "0")  # read by ray when it is imported, and by its processes
+        os.environ.setdefault(LOOPBACK_ONLY, "0")  # read by ray when it is imported, and by its processes
     try:
         import ray
     except ImportError:

@@ -133,3 +133,22 @@ def test_plan_needs_an_existing_folder(tmp_path: Path) -> None:
     (tmp_path / "out").mkdir()
     expected = BatchItem(0, tmp_path / "a.mp4", tmp_path / "out" / "a.mp4")
     assert plan([tmp_path / "a.mp4"], tmp_path / "out") == [expected]
+
+
+@pytest.mark.slow
+def test_two_worker_processes_share_the_batch(pack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys) -> None:
+    monkeypatch.setattr(cli, "COMMANDS", {"batch": "batch"})
+    clips = []
+    for i in range(4):
+        clips.append(tmp_path / f"c{i}.mp4")
+        make_clip(clips[-1], frames=3 + i, size=(64, 48))
+    (tmp_path / "broken.mp4").write_bytes(b"")
+    out = tmp_path / "out"
+    assert cli.main(["batch", str(tmp_path), "-o", str(out), "--workers", "2", "--pack", str(pack),
+                     "--backend", "torch", "--edit", "smile=1"]) == 1
+    printed = capsys.readouterr()
+    assert "4 done, 0 skipped, 1 failed" in printed.out and "failed: broken.mp4" in printed.err
+    for clip in clips:
+        assert video_timestamps(out / clip.name) == video_timestamps(clip)
+        assert audio_packets(out / clip.name) == audio_packets(clip)

@@ -2,6 +2,7 @@
 with its audio, then a batch interrupted with Ctrl-C (SIGINT) and resumed."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import threading
@@ -13,10 +14,12 @@ import pytest
 
 from stream import cli
 from stream.batch import marker_path
+from stream.cluster import LOOPBACK_ONLY
 from tests.media_clips import audio_packets, trimmed_copy, video_timestamps
 from tests.reference_weights import FACES, require
 
-ray = pytest.importorskip("ray", reason="the cluster extra is not installed: pip install -e '.[cluster]'")
+pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
+                                reason="the cluster extra is not installed: pip install -e '.[cluster]'")
 
 # short real clips with faces and AAC audio; the first is the shortest, so it finishes first
 CLIPS = (("d18.mp4", 8), ("d20.mp4", 24), ("d19.mp4", 24))
@@ -24,10 +27,16 @@ CLIPS = (("d18.mp4", 8), ("d20.mp4", 24), ("d19.mp4", 24))
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # loopback only (stream/cluster.py)
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(LOOPBACK_ONLY, "0")  # read when ray is imported, and by the processes it starts
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        try:
+            assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+            yield
+        finally:
+            ray.shutdown()
 
 
 @pytest.fixture(scope="module")
