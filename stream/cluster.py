@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
@@ -22,6 +23,7 @@ from stream.config import FileJobConfig
 
 log = logging.getLogger(__name__)
 LOCAL = "local"         # --ray local: start a cluster on this machine for this batch
+CONNECT_TIMEOUT_S = 5.0
 POLL_S = 0.5            # how often the driver asks the actors how far their videos are
 STOP_WAIT_S = 60.0      # how long Ctrl-C waits for the running jobs to delete their partial outputs
 # Ray starts a local cluster on the machine's network address unless told this (a setting meant for
@@ -81,6 +83,7 @@ def connected(address: str) -> Iterator[object]:
     if ray.is_initialized():
         yield ray
         return
+    _check_reachable(address)
     try:
         ray.init(address=None if address == LOCAL else address, include_dashboard=False,
                  logging_level=logging.WARNING)
@@ -91,6 +94,19 @@ def connected(address: str) -> Iterator[object]:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """A head's host:port that does not answer fails in seconds here rather than after Ray's minutes of
+    retries. Other addresses ("auto", ray://) are left to Ray."""
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"--ray {address}: nothing answers there ({err.strerror or err}); give the head node's "
+                        "address and port (ray start --head prints it), or use --ray local") from None
 
 
 def run_on_ray(template: FileJobConfig, items: Sequence[BatchItem], address: str, workers: int | None,

@@ -71,16 +71,23 @@ def run(args: argparse.Namespace) -> int:
     if outcomes:
         print(f"{len(outcomes)} of {len(items)} outputs already complete in {out_dir}: skipped")
 
-    bar = tqdm(total=sum(item.frames for item in todo), unit="frame", desc=f"{len(todo)} videos",
-               dynamic_ncols=True, disable=not todo)
+    # the bar starts with the first result, once the workers (and the cluster) are up and loaded
+    bars: list[tqdm] = []
     seen: dict[int, int] = {}
+
+    def progress_bar() -> tqdm:
+        if not bars:
+            bars.append(tqdm(total=sum(item.frames for item in todo), unit="frame", desc=f"{len(todo)} videos",
+                             dynamic_ncols=True))
+        return bars[0]
 
     def on_frames(index: int, count: int) -> None:
         seen[index] = seen.get(index, 0) + count
-        bar.update(count)
+        progress_bar().update(count)
 
     def on_outcome(outcome: Outcome) -> None:
         outcomes.append(outcome)
+        bar = progress_bar()
         # the bar's total assumed the declared frame count: count what the video really had (or, when it
         # stopped early, what was done), so that the bar ends full
         shown = seen.get(outcome.item.index, 0)
@@ -105,7 +112,8 @@ def run(args: argparse.Namespace) -> int:
 
             run_local(template, todo, local_devices(args.workers), on_frames, on_outcome)
     finally:
-        bar.close()
+        if bars:
+            bars[0].close()
         if outcomes:
             print(summary_table(outcomes, time.perf_counter() - start))
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
