@@ -6,9 +6,15 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from engines.errors import UserError
 from stream.commands.file import add_job_arguments
+
+if TYPE_CHECKING:
+    from tqdm import tqdm
+
+    from stream.batch import BatchItem, Outcome
 
 HELP = "edit many videos into a folder (resumable), on this machine or on a Ray cluster (--ray)"
 
@@ -33,9 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
-    from stream.batch import Outcome, collect_inputs, completed, job_settings, plan, summary_table
+    from stream.batch import collect_inputs, completed, job_settings, plan, summary_table
     from stream.commands.file import job_config
     from stream.filejob import default_edits
 
@@ -61,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     settings = job_settings(template)
 
     outcomes: list[Outcome] = []
-    todo = []
+    todo: list[BatchItem] = []
     for item in items:
         previous = completed(item, settings)
         if previous is None:
@@ -71,34 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if outcomes:
         print(f"{len(outcomes)} of {len(items)} outputs already complete in {out_dir}: skipped")
 
-    # the bar starts with the first result, once the workers (and the cluster) are up and loaded
-    bars: list[tqdm] = []
-    seen: dict[int, int] = {}
-
-    def progress_bar() -> tqdm:
-        if not bars:
-            bars.append(tqdm(total=sum(item.frames for item in todo), unit="frame", desc=f"{len(todo)} videos",
-                             dynamic_ncols=True))
-        return bars[0]
-
-    def on_frames(index: int, count: int) -> None:
-        seen[index] = seen.get(index, 0) + count
-        progress_bar().update(count)
-
-    def on_outcome(outcome: Outcome) -> None:
-        outcomes.append(outcome)
-        bar = progress_bar()
-        # the bar's total assumed the declared frame count: count what the video really had (or, when it
-        # stopped early, what was done), so that the bar ends full
-        shown = seen.get(outcome.item.index, 0)
-        actual = outcome.frames if outcome.status == "done" else shown
-        bar.total += actual - outcome.item.frames
-        bar.update(actual - shown)
-        if outcome.status == "failed":
-            bar.write(f"failed: {outcome.item.input.name}: {outcome.reason}", file=sys.stderr)
-        finished = sum(o.status == "done" for o in outcomes)
-        bar.set_postfix_str(f"{finished} done, {sum(o.status == 'failed' for o in outcomes)} failed")
-
+    progress = BatchProgress(todo, outcomes)
     start = time.perf_counter()
     try:
         if not todo:
@@ -106,14 +83,55 @@ def run(args: argparse.Namespace) -> int:
         elif args.ray:
             from stream.cluster import run_on_ray
 
-            run_on_ray(template, todo, args.ray, args.workers, on_frames, on_outcome)
+            run_on_ray(template, todo, args.ray, args.workers, progress.frames, progress.outcome)
         else:
             from stream.batch import local_devices, run_local
 
-            run_local(template, todo, local_devices(args.workers), on_frames, on_outcome)
+            run_local(template, todo, local_devices(args.workers), progress.frames, progress.outcome)
     finally:
-        if bars:
-            bars[0].close()
+        progress.close()
         if outcomes:
             print(summary_table(outcomes, time.perf_counter() - start))
     return 1 if any(outcome.status == "failed" for outcome in outcomes) else 0
+
+
+class BatchProgress:
+    """A progress bar over the frames of every video to do, with the done and failed counts; failures get
+    one line each as they come. Outcomes are appended to `outcomes` (for the summary table). The bar starts
+    with the first report, once the workers (and the cluster) are up and have loaded the networks."""
+
+    def __init__(self, todo: list[BatchItem], outcomes: list[Outcome]) -> None:
+        self._todo, self._outcomes = todo, outcomes
+        self._bar: tqdm | None = None
+        self._seen: dict[int, int] = {}         # item index -> frames shown
+
+    def _started(self) -> tqdm:
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=sum(item.frames for item in self._todo), unit="frame",
+                             desc=f"{len(self._todo)} videos", dynamic_ncols=True)
+        return self._bar
+
+    def frames(self, index: int, count: int) -> None:
+        self._seen[index] = self._seen.get(index, 0) + count
+        self._started().update(count)
+
+    def outcome(self, outcome: Outcome) -> None:
+        self._outcomes.append(outcome)
+        bar = self._started()
+        # the total assumed each video's declared frame count: count what it really had (or, when it
+        # stopped early, what was done), so that the bar ends full
+        shown = self._seen.get(outcome.item.index, 0)
+        actual = outcome.frames if outcome.status == "done" else shown
+        bar.total += actual - outcome.item.frames
+        bar.update(actual - shown)
+        if outcome.status == "failed":
+            bar.write(f"failed: {outcome.item.input.name}: {outcome.reason}", file=sys.stderr)
+        done = sum(o.status == "done" for o in self._outcomes)
+        failed = sum(o.status == "failed" for o in self._outcomes)
+        bar.set_postfix_str(f"{done} done, {failed} failed")
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
