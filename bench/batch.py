@@ -15,6 +15,7 @@ import argparse
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -58,38 +59,46 @@ def main() -> int:
                         help="clip names in ../shared/data/faces")
     parser.add_argument("--backend", default="auto")
     parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--rounds", type=int, default=2,
+                        help="runs of every configuration, in reverse order every other round, so that a "
+                             "change in the machine's load falls on all of them alike")
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
 
     clips = [FACES / f"{name}.mp4" for name in args.clips]
     work = Path(tempfile.mkdtemp(prefix="bench_batch_"))
     run_batch(clips[:1], work / "warm", args.backend, ["--workers", "1"])  # engine cache, file cache
-    rows = []
-    for name in args.configs:
-        load_before = os.getloadavg()[0]
-        wall, frames, inside, summary = run_batch(clips, work / name.replace(" ", "_"), args.backend,
-                                                  CONFIGS[name])
-        rows.append((name, wall, frames, inside, load_before, os.getloadavg()[0]))
-        print(f"{name}: {wall:.1f} s wall, {frames / wall:.1f} fps; {summary}", flush=True)
+    runs: dict[str, list[tuple[float, float]]] = {name: [] for name in args.configs}   # (wall, runner) s
+    loads = [os.getloadavg()[0]]
+    frames = 0
+    for round_index in range(args.rounds):
+        order = args.configs if round_index % 2 == 0 else args.configs[::-1]
+        for name in order:
+            out = work / f"{name.replace(' ', '_').replace(',', '')}_{round_index}"
+            wall, frames, runner, summary = run_batch(clips, out, args.backend, CONFIGS[name])
+            runs[name].append((wall, runner))
+            loads.append(os.getloadavg()[0])
+            print(f"{name}: {wall:.1f} s wall, {frames / wall:.1f} fps; {summary}", flush=True)
 
-    base_wall = rows[0][1]
-    total = rows[0][2]
+    base = statistics.median(wall for wall, _ in runs[args.configs[0]])
     lines = [
         SECTION, "",
-        (f"`python bench/batch.py` ({', '.join(args.clips)}: {total} frames with audio, demo pack student "
+        (f"`python bench/batch.py` ({', '.join(args.clips)}: {frames} frames with audio, demo pack student "
          f"path, backend {args.backend}, file-job defaults; {os.cpu_count()} CPUs, "
          f"{platform.processor() or platform.machine()}, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}"
-         "). "
-         "Wall: the whole command (imports, probing the inputs, the runner, exit); runner: the batch's own "
-         "timer, from handing out the work (starting the workers and the cluster, loading the networks "
-         "included) to the last result. The machine is shared with other jobs: the load average (1 min) "
-         "before and after each run is given."), "",
-        "| configuration | wall s | fps (wall) | runner s | fps (runner) | wall vs local 1 | load |",
-        "|---|---|---|---|---|---|---|",
+         f"; {args.rounds} rounds, every other one in reverse order). Wall: the whole command (imports, "
+         "probing the inputs, the runner, exit); runner: the batch's own timer, from handing out the work "
+         "(starting the workers and the cluster, loading the networks included) to the last result. The "
+         "machine is shared "
+         f"with other jobs: load average (1 min) {min(loads):.1f} to {max(loads):.1f} during the runs."), "",
+        f"| configuration | wall s (each run) | runner s (each run) | fps (median wall) | wall vs first row |",
+        "|---|---|---|---|---|",
     ]
-    for name, wall, frames, inside, before, after in rows:
-        lines.append(f"| {name} | {wall:.1f} | {frames / wall:.1f} | {inside:.1f} | {frames / inside:.1f} | "
-                     f"{wall / base_wall:.2f} | {before:.1f} -> {after:.1f} |")
+    for name, measured in runs.items():
+        walls = " / ".join(f"{wall:.1f}" for wall, _ in measured)
+        runners = " / ".join(f"{runner:.1f}" for _, runner in measured)
+        median = statistics.median(wall for wall, _ in measured)
+        lines.append(f"| {name} | {walls} | {runners} | {frames / median:.1f} | {median / base:.2f} |")
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write_results:
