@@ -91,7 +91,7 @@ def main() -> int:
          "(starting the workers and the cluster, loading the networks included) to the last result. The "
          "machine is shared "
          f"with other jobs: load average (1 min) {min(loads):.1f} to {max(loads):.1f} during the runs."), "",
-        f"| configuration | wall s (each run) | runner s (each run) | fps (median wall) | wall vs first row |",
+        "| configuration | wall s (each run) | runner s (each run) | fps (median wall) | wall / first row |",
         "|---|---|---|---|---|",
     ]
     for name, measured in runs.items():
