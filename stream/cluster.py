@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from types import ModuleType
 
 from engines.errors import MissingDependency, UserError
 from stream.batch import BatchItem, BatchWorker, FramesCallback, Outcome, OutcomeCallback
@@ -63,8 +64,9 @@ class BatchActor:
             self._worker.stop()
 
 
-def import_ray(address: str):
-    """The ray module; MissingDependency naming the extra when it is not installed."""
+def import_ray(address: str) -> ModuleType:
+    """The ray module; MissingDependency naming the extra when it is not installed. For --ray local, Ray is
+    first told to keep its cluster on loopback."""
     if address == LOCAL:
         os.environ.setdefault(LOOPBACK_ONLY, "0")  # read by ray when it is imported, and by its processes
     try:
@@ -76,7 +78,7 @@ def import_ray(address: str):
 
 
 @contextmanager
-def connected(address: str) -> Iterator[object]:
+def connected(address: str) -> Iterator[ModuleType]:
     """Ray, connected to the cluster at `address` ("local": a new one on this machine, "auto": the one
     `ray start` made here). A connection the caller already made (ray.init) is used as it is and kept."""
     ray = import_ray(address)

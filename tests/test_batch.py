@@ -2,6 +2,7 @@
 (The Ray cluster path: tests/test_cluster.py.)"""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,29 @@ def test_two_worker_processes_share_the_batch(pack: Path, tmp_path: Path, monkey
     for clip in clips:
         assert video_timestamps(out / clip.name) == video_timestamps(clip)
         assert audio_packets(out / clip.name) == audio_packets(clip)
+
+
+def test_ray_without_the_extra_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray fails as it does when it is not installed
+    monkeypatch.setattr(cli, "COMMANDS", {"batch": "batch"})
+    assert cli.main(["batch", str(tmp_path / "a.mp4"), "-o", str(tmp_path / "out"), "--ray", "local"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip install 'faceedit-stream[cluster]'" in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="the cluster extra is not installed")
+def test_a_ray_address_where_nothing_answers_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys) -> None:
+    import socket
+
+    with socket.socket() as probe:     # a loopback port that was free a moment ago
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setattr(cli, "COMMANDS", {"batch": "batch"})
+    clip = tmp_path / "a.mp4"
+    clip.touch()
+    assert cli.main(["batch", str(clip), "-o", str(tmp_path / "out"), "--ray", f"127.0.0.1:{port}"]) == 2
+    assert "nothing answers there" in capsys.readouterr().err

@@ -14,7 +14,6 @@ import pytest
 
 from stream import cli
 from stream.batch import marker_path
-from stream.cluster import LOOPBACK_ONLY
 from tests.media_clips import audio_packets, trimmed_copy, video_timestamps
 from tests.reference_weights import FACES, require
 
@@ -27,16 +26,15 @@ CLIPS = (("d18.mp4", 8), ("d20.mp4", 24), ("d19.mp4", 24))
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[None]:
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(LOOPBACK_ONLY, "0")  # read when ray is imported, and by the processes it starts
-        import ray
+    import ray
 
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-        try:
-            assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
-            yield
-        finally:
-            ray.shutdown()
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        # tests/conftest.py asks Ray for loopback only
+        assert {node["NodeManagerAddress"] for node in ray.nodes()} == {"127.0.0.1"}
+        yield
+    finally:
+        ray.shutdown()
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +95,4 @@ def test_interrupted_cluster_batch_resumes(cluster: None, clips: list[Path], tmp
     assert f"{len(clips) - len(finished)} done, {len(finished)} skipped, 0 failed" in printed
     for clip in clips:
         assert_frame_exact(clip, tmp_path / clip.name)
+
