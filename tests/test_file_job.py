@@ -62,7 +62,7 @@ def decode(path: Path) -> list[np.ndarray]:
 
 def job(clip: Path, out: Path, pack: Path, path: str, **kwargs: object) -> FileJobConfig:
     return FileJobConfig(input=clip, output=out, edits=(("smile", 1.0),),
-                         model=ModelConfig(pack=pack, path=path, backend="torch"),
+                         model=ModelConfig(pack=pack, path=path, backend="torch", gate=False),  # random weights draw no face
                          face=FaceConfig(detect_every=5), **kwargs)
 
 
