@@ -126,6 +126,8 @@ class EditNetworks:
         self._gan: GanRenderer | None = None
         self._students: StudentRenderer | None = None
         self._gan_names: tuple[str, ...] | None = None
+        self._direction_set: dict[str, Direction] | None = None
+        self._regions: dict[str, str] = {}
         self._announced: set[str] = set()
 
     # ------------------------------------------------------------------ what can be edited, and how
@@ -218,11 +220,13 @@ class EditNetworks:
         return self._generator
 
     def _directions(self) -> dict[str, Direction]:
-        from stream.edits.directions import load_direction_set
+        if self._direction_set is None:
+            from stream.edits.directions import load_direction_set
 
-        generator = self._loaded_generator()
-        files = self.config.directions or (self.pack.directions,)  # type: ignore[union-attr]
-        return load_direction_set(files, generator.num_ws, generator.style_dim)
+            generator = self._loaded_generator()
+            files = self.config.directions or (self.pack.directions,)  # type: ignore[union-attr]
+            self._direction_set = load_direction_set(files, generator.num_ws, generator.style_dim)
+        return self._direction_set
 
     def _engine(self, module, network: str, io: tuple[str, str], shape: tuple[int, ...]) -> Engine:
         from engines.backends import create_engine
@@ -264,7 +268,6 @@ class EditNetworks:
         renderer = GanRenderer(encoder_engine, generator_engine, directions, crop_size=self.crop_size,
                                latent_avg=latent_avg, residual=self.config.residual,
                                residual_colour=self._residual_colour())
-        self._regions = {name: _direction_region(d, renderer, generator) for name, d in directions.items()}
         return renderer
 
     def _residual_colour(self) -> str:
@@ -296,33 +299,35 @@ class EditNetworks:
         return StudentRenderer(students, crop_size=size)
 
     def region(self, name: str) -> str:
-        """The face region edit `name` changes (students: their teacher direction's, else the whole face)."""
-        regions = getattr(self, "_regions", None)
-        if regions is None and self.can_gan:
-            self.gan()
-            regions = self._regions
-        return (regions or {}).get(name, "face")
+        """The face region edit `name` changes: its direction's (students: their teacher direction's), the
+        whole face for a loose student file."""
+        if name not in self._regions:
+            direction = self._directions().get(name) if self.can_gan else None
+            if direction is None:
+                self._regions[name] = "face"
+            elif direction.metadata.get("region") in REGIONS:
+                self._regions[name] = direction.metadata["region"]
+            else:
+                self._regions[name] = _inferred_region(direction, self.gan(), self._loaded_generator())
+        return self._regions[name]
 
     def session(self, tracker: FaceTracker, *, faces: FacesMode = "all", feather: float = 0.2,
                 smoother: Callable[[], CodeSmoother] | None = None) -> EditSession:
         return EditSession(self, tracker, faces=faces, feather=feather, smoother=smoother)
 
 
-def _direction_region(direction: Direction, renderer: GanRenderer, generator: LoadedGenerator) -> str:
-    """The region a direction's metadata names, or where its change concentrates around the average code."""
-    named = direction.metadata.get("region")
-    if named in REGIONS:
-        return named
-    average = generator.latent_avg if generator.latent_avg is not None else None
-    if average is None and renderer.latent_avg is None:
+def _inferred_region(direction: Direction, renderer: GanRenderer, generator: LoadedGenerator) -> str:
+    """Where a direction's change concentrates around the average code (for directions that name no region)."""
+    average = (generator.latent_avg.detach().cpu().numpy() if generator.latent_avg is not None
+               else renderer.latent_avg)
+    if average is None:
         log.info("direction %s names no region and the generator has no average code: editing the whole face",
                  direction.name)
         return "face"
-    base = np.broadcast_to(np.asarray(average if average is not None else renderer.latent_avg, np.float32)
-                           .reshape(-1, renderer.style_dim)[-1:], (renderer.num_ws, renderer.style_dim))[None]
-    times = StageTimes()
+    mean_w = np.asarray(average, np.float32).reshape(-1, renderer.style_dim).mean(0)
+    base = np.broadcast_to(mean_w, (1, renderer.num_ws, renderer.style_dim))
     crop = np.zeros((renderer.crop_size, renderer.crop_size, 3), np.uint8)
-    rendered = renderer.render([crop], base, [(direction.name, 1.0)], times)
+    rendered = renderer.render([crop], base, [(direction.name, 1.0)], StageTimes())
     energy = (rendered.changes[0] ** 2).sum(-1)
     region = infer_region(energy, FFHQ_TEMPLATE_5 * renderer.crop_size)
     log.info("direction %s names no region: its change concentrates on the %s", direction.name, region)

@@ -260,8 +260,7 @@ def test_an_edit_is_confined_to_its_region(pack: Path, frame: Frame) -> None:
 
     target = face(120, 80, 40, track_id=0)
     pipeline = session(pack, "gan", ScriptedTracker([target]))
-    pipeline.networks.gan()
-    pipeline.networks._regions["smile"] = "mouth"
+    pipeline.networks._directions()["smile"].metadata["region"] = "mouth"  # as the pack's export writes it
     pipeline.set_edits([("smile", 1.0)])
     out = pipeline.process(frame, 0.0)
     affine = ffhq_affine(target.landmarks, CROP_SIZE)
