@@ -20,7 +20,7 @@ from stream.config import EditSpec, FaceConfig, FileJobConfig
 from stream.lookahead import LookaheadEditor
 from stream.media import FileSink, FileSource, TimedFrame, VideoInfo
 from stream.media.background import BackgroundIterator, BackgroundWriter, demuxed
-from stream.session import EditNetworks, EditSession, LocatedFaces
+from stream.session import EditNetworks, EditSession, GateStats, LocatedFaces
 from stream.types import Frame, StageTimes
 
 if TYPE_CHECKING:
@@ -43,6 +43,7 @@ class FileJobResult:
     seconds: float
     times: StageTimes
     model: str          # "student" or "gan"
+    gate: GateStats     # how well the generator drew the faces (generator path)
 
     @property
     def fps(self) -> float:
@@ -154,4 +155,4 @@ def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | 
             seconds = time.perf_counter() - start
     log.debug("%s: %d frames in %.1f s", config.output, frames, seconds)
     _warn_if_poorly_drawn(session)
-    return FileJobResult(config.output, frames, seconds, times, session.state.path)
+    return FileJobResult(config.output, frames, seconds, times, session.state.path, session.gate)

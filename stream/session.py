@@ -343,6 +343,11 @@ class GateStats:
     fidelity: float | None = None
     weight: float = 1.0
     lowest: float = float("inf")
+    total: float = 0.0
+
+    @property
+    def mean_fidelity(self) -> float:
+        return self.total / self.faces if self.faces else float("nan")
 
 
 class EditSession:
@@ -432,6 +437,7 @@ class EditSession:
         self.gate.weakened += weight < 1.0
         self.gate.fidelity, self.gate.weight = fidelity, weight
         self.gate.lowest = min(self.gate.lowest, fidelity)
+        self.gate.total += fidelity
         return weight
 
     def _smooth(self, located: LocatedFaces, codes: WPlus) -> WPlus:
