@@ -25,6 +25,7 @@ from stream.types import Frame, StageTimes
 
 if TYPE_CHECKING:
     from engines import LoadedGenerator
+    from stream.faces.detection_tracker import DetectionTracker
     from stream.faces.track import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -50,12 +51,20 @@ class FileJobResult:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def build_tracker(config: FaceConfig, fps: float) -> FaceTracker:
+def build_tracker(config: FaceConfig, fps: float) -> FaceTracker | DetectionTracker:
+    """dlib: detect every few frames and follow with dlib's landmarks; a detector with its own landmarks
+    (insightface): detect every frame, no dlib."""
     from stream.faces.detect import make_detector
-    from stream.faces.track import FaceTracker
 
     detector = make_detector(config.detector, config.face_models)
-    return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
+    if config.detector == "dlib":
+        from stream.faces.detection_tracker import DetectionTracker
+    from stream.faces.track import FaceTracker
+
+        return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
+    from stream.faces.detection_tracker import DetectionTracker
+
+    return DetectionTracker(detector, fps=fps)
 
 
 def _located(items: Iterable[TimedFrame | av.Packet], session: EditSession

@@ -425,14 +425,15 @@ class EditSession:
         out = []
         for index, change in enumerate(rendered.changes):
             weight = 1.0
-            if rendered.fidelity is not None and self.networks.config.gate:
+            if rendered.fidelity is not None:
                 weight = self._gate(rendered.fidelity[index])
             mask = union_mask(regions, located.landmarks[index], change.shape[0])
             out.append(change * (mask * weight)[..., None])
         return out
 
     def _gate(self, fidelity: float) -> float:
-        weight = gate_weight(fidelity)
+        """The face's edit weight (1 with the gate off); the figures are kept either way."""
+        weight = gate_weight(fidelity) if self.networks.config.gate else 1.0
         self.gate.faces += 1
         self.gate.weakened += weight < 1.0
         self.gate.fidelity, self.gate.weight = fidelity, weight
