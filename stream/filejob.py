@@ -58,8 +58,7 @@ def build_tracker(config: FaceConfig, fps: float) -> FaceTracker | DetectionTrac
 
     detector = make_detector(config.detector, config.face_models)
     if config.detector == "dlib":
-        from stream.faces.detection_tracker import DetectionTracker
-    from stream.faces.track import FaceTracker
+        from stream.faces.track import FaceTracker
 
         return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
     from stream.faces.detection_tracker import DetectionTracker
