@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream.config import FaceConfig, ModelConfig
-from stream.realtime import live_model
+from stream.live_model import LiveModel, live_model
 from stream.report import write_section
 from stream.types import Frame, StageTimes
 from stream.webrtc import harness
@@ -101,14 +101,15 @@ def measure(playwright, features: str, pack: Path, path: str, size: tuple[int, i
     clip = harness.write_marked_y4m(FACES / f"{CLIPS[size]}.mp4", workdir / f"cam_{size[0]}.y4m", *size, FPS,
                                     seconds=8)
     if path == "none":
-        factory, names, edit = Passthrough, (), None
+        model = LiveModel(Passthrough, ())
     else:
         model = live_model(ModelConfig(pack=pack, path=path), FaceConfig(), [], fps=FPS)
-        factory, names, edit = model.factory, model.edit_names, model.default_edit or (model.edit_names[0], 1.0)
+        if not model.default_edits:
+            model = LiveModel(model.new_processor, model.edit_names, ((model.edit_names[0], 1.0),))
     options = ServeOptions(port=0, max_peers=1)
     browser = harness.launch_chromium(playwright, clip, features)
     with harness.loopback_ice():
-        server = ServerThread(create_app(options, factory, names, edit), options).start()
+        server = ServerThread(create_app(options, model), options).start()
         try:
             page = browser.new_page()
             page.goto(server.url)

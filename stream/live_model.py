@@ -1,9 +1,10 @@
 """The model of a live server or camera: networks built once, a cheap processor per stream around them.
 
-Building the engines and loading dlib's 68-point model take seconds and hundreds of MB; they are done
-once here and shared by every stream. What a stream owns is its state: face tracks and their landmark
-filters (a FaceTracker with its own HOG detector), the code smoothers of its tracks, its edits. So a new
-peer is answered in milliseconds, and a closed one leaves nothing that holds a network.
+Building the engines and loading dlib's models take seconds (dlib's HOG detector alone 0.5 s to many
+seconds on a busy machine) and hundreds of MB; they are done once here and shared by every stream. What
+a stream owns is its state: face tracks and their landmark filters (a FaceTracker), the code smoothers
+of its tracks, its edits. So a new peer is answered in milliseconds, and a closed one leaves nothing
+that holds a network.
 
 Which networks: the file job's rule (stream/filejob.py build_edit_model) decides, on the requested edits
 (the --edit flags, else the pack's default): the students when they cover every one of them, otherwise
@@ -47,6 +48,24 @@ def shareable(engine):
     return engine if engine.name in _CONCURRENT_BACKENDS else SerialEngine(engine)
 
 
+def shared_dlib_detector(landmarker):
+    """dlib's HOG detector for every stream. It releases the GIL while it scans, and its scanner keeps
+    the image being scanned, so two streams' scans must not overlap: one at a time. (The 68-point
+    predictor is const in dlib and safe to share as it is.)"""
+    from stream.faces.detect import DlibDetector
+
+    class SharedDlibDetector(DlibDetector):
+        def __init__(self) -> None:
+            super().__init__(landmarker=landmarker)
+            self._scan_lock = threading.Lock()
+
+        def _hog_boxes(self, *args, **kwargs):
+            with self._scan_lock:
+                return super()._hog_boxes(*args, **kwargs)
+
+    return SharedDlibDetector()
+
+
 @dataclass(frozen=True)
 class LiveModel:
     """`new_processor()` makes one stream's processor (its own tracks, smoothing and edits, the shared
@@ -81,16 +100,17 @@ def _requested_and_offered(model: ModelConfig, edits: Sequence[EditSpec]) -> tup
 def live_model(model: ModelConfig, face: FaceConfig, edits: Sequence[EditSpec], fps: float = 30.0) -> LiveModel:
     """Build the networks and the face models once (errors surface here, before anything starts)."""
     from stream.edits.smoothing import make_code_smoother
-    from stream.faces.detect import DlibDetector, DlibLandmarker, make_detector
+    from stream.faces.detect import DlibLandmarker, make_detector
     from stream.faces.track import FaceTracker
     from stream.filejob import ENGINE_THREADS, build_edit_model
     from stream.pipeline import FaceEditPipeline, GanEditModel, StudentEditModel
 
     requested, offered = _requested_and_offered(model, edits)
     built = build_edit_model(model, offered, ENGINE_THREADS)
-    landmarker = DlibLandmarker()  # 68-point model: read-only once loaded, so shared
-    # insightface's detector is onnxruntime sessions (shareable); dlib's HOG is cheap and made per stream
-    shared_detector = None if face.detector == "dlib" else make_detector(face.detector, face.face_models)
+    landmarker = DlibLandmarker()
+    # insightface's detector is onnxruntime sessions, safe to share as they are
+    detector = shared_dlib_detector(landmarker) if face.detector == "dlib" else \
+        make_detector(face.detector, face.face_models)
     smoother = make_code_smoother if model.smoothing != "off" else None
 
     if isinstance(built, StudentEditModel):
@@ -108,7 +128,6 @@ def live_model(model: ModelConfig, face: FaceConfig, edits: Sequence[EditSpec], 
                                 residual_colour=built.residual_colour, smoother=smoother)
 
     def new_processor() -> FrameProcessor:
-        detector = shared_detector or DlibDetector(landmarker=landmarker)
         tracker = FaceTracker(detector, landmarker=landmarker, detect_every=face.detect_every, fps=fps)
         return FaceEditPipeline(tracker, stream_model(), faces=face.faces)
 

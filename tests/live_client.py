@@ -7,6 +7,7 @@ Everything stays on 127.0.0.1. The server runs in this process (ServerThread), s
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -113,8 +114,16 @@ async def http(url: str, body: bytes, *, method: str = "POST", chunks: int = 1, 
         return status, {}
 
 
-async def session(url: str, frames: int = 10, timeout_s: float = 30.0) -> tuple[int, dict, list[np.ndarray]]:
-    """One peer: offer, connect, receive `frames` edited frames, close. (status, body, frames received)."""
+@dataclass
+class Session:
+    status: int
+    answer: dict            # the answer, or the refusal's {"error": ...}
+    frames: list[np.ndarray]
+    answer_s: float         # POST /offer -> response
+
+
+async def session(url: str, frames: int = 10, timeout_s: float = 30.0) -> Session:
+    """One peer: offer, connect, receive `frames` edited frames, close."""
     from aiortc import RTCSessionDescription
 
     pc, sdp = await new_offer()
@@ -124,22 +133,24 @@ async def session(url: str, frames: int = 10, timeout_s: float = 30.0) -> tuple[
     @pc.on("track")
     def on_track(track) -> None:
         async def pull() -> None:
-            try:
+            from aiortc.mediastreams import MediaStreamError
+
+            with contextlib.suppress(MediaStreamError):  # the track ends when the server closes the peer
                 while len(received) < frames:
                     received.append((await track.recv()).to_ndarray(format="rgb24"))
-            except Exception:  # noqa: BLE001 - the track ends when the peer closes
-                pass
             done.set()
         asyncio.ensure_future(pull())
 
     try:
+        start = time.perf_counter()
         status, answer = await http(url + "offer", offer_body(sdp))
+        answer_s = time.perf_counter() - start
         if status == 200:
             await pc.setRemoteDescription(RTCSessionDescription(**answer))
             await asyncio.wait_for(done.wait(), timeout_s)
     finally:
         await pc.close()
-    return status, answer, received
+    return Session(status, answer, received, answer_s)
 
 
 def wait_until(predicate, timeout_s: float, step_s: float = 0.02) -> float:
