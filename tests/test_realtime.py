@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import threading
 import time
 import urllib.error
@@ -435,3 +437,118 @@ def test_a_server_that_cannot_listen_raises_and_releases_its_loop() -> None:
             server.start()
     assert server.loop.is_closed()
     server.stop()  # stopping a server that never started is harmless
+
+
+# --- hostile offers, bodies in pieces, peers that never connect (issue 14; the slow soak is test_live_soak.py)
+def aiortc_offer_sdp() -> str:
+    from tests.live_client import new_offer
+
+    async def make() -> str:
+        pc, sdp = await new_offer()
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def test_malformed_sdp_is_refused_before_any_peer_work() -> None:
+    from stream.webrtc.signaling import check_sdp
+
+    sdp = aiortc_offer_sdp()
+    check_sdp(sdp)  # a real offer passes
+    lines = sdp.split("\r\n")
+    media = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    cases = {
+        "v=0\r\nm=video": "malformed",
+        re.sub(r"m=video \d+ ", "m=video x ", sdp): "malformed",
+        re.sub(r"c=IN IP4 [0-9.]+", "c=IN IP4", sdp): "malformed",
+        "\r\n".join(line for line in lines if not line.startswith("a=fingerprint")): "no DTLS fingerprint",
+        "\r\n".join(line for line in lines if not line.startswith("a=ice-pwd")): "no ICE credentials",
+        "\r\n".join(lines[:media[0]] + lines[media[1]:] + ["a=x:m=video 9 RTP/AVP 96"]): "no video track",
+    }
+    for bad, words in cases.items():
+        with pytest.raises(SignalingError, match=words) as err:
+            check_sdp(bad)
+        assert err.value.status == 400 and "\n" not in str(err.value)
+
+
+def test_body_in_pieces_is_read_whole_and_an_unconnected_peer_frees_its_slot() -> None:
+    from stream.webrtc.harness import loopback_ice
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+    from tests.live_client import http, new_offer, offer_body
+
+    options = ServeOptions(port=0, max_peers=1, max_sdp_bytes=8192, connect_timeout_s=1.0)
+    with loopback_ice():
+        server = ServerThread(create_app(options, LiveModel(Tint, ("tint",))), options).start()
+    try:
+        url = server.url + "offer"
+
+        async def scenario() -> None:
+            ghost, sdp = await new_offer()  # posts, then never answers: holds the one slot for 1 s
+            assert (await http(url, offer_body(sdp), chunks=2, pause_s=0.15))[0] == 200
+            status, refusal = await http(url, offer_body(sdp), chunked=True, chunks=3)
+            assert status == 503 and "limit of 1" in refusal["error"]
+            await asyncio.get_running_loop().run_in_executor(None, wait_for, lambda: not server.registry.sessions, 5)
+            assert (await http(url, offer_body(sdp), chunked=True, chunks=3))[0] == 200
+            status, refusal = await http(url, b"{" + b" " * 9000 + b"}", chunked=True, chunks=3)
+            assert status == 413 and "at most 8192" in refusal["error"]
+            await ghost.close()
+
+        asyncio.run(scenario())
+        wait_for(lambda: not server.registry.sessions, 5)
+        assert not [t for t in threading.enumerate() if t.name.startswith("peer-")]
+    finally:
+        server.stop()
+
+
+def test_control_messages_combine_edits() -> None:
+    from aiortc import RTCPeerConnection
+
+    from stream.webrtc.session import PeerSession
+
+    async def scenario() -> list[list[tuple[str, float]]]:
+        session = PeerSession(RTCPeerConnection(), Recorder(), ["smile", "age"], [("smile", 1.0)], lambda _: None,
+                              1, 30.0)
+        seen = [session.worker.stats().edits]
+        assert session.apply_control(json.dumps({"type": "edit", "name": "age", "strength": 0.5})) is None
+        seen.append(session.worker.stats().edits)
+        session.apply_control(json.dumps({"type": "edit", "name": "smile", "strength": 99}))
+        seen.append(session.worker.stats().edits)
+        assert "unknown edit" in session.apply_control(json.dumps({"type": "edit", "name": "x", "strength": 1}))["message"]
+        assert "JSON objects" in session.apply_control("[1]")["message"]
+        session.apply_control(json.dumps({"type": "edit", "name": "", "strength": 0}))
+        seen.append(session.worker.stats().edits)
+        await session.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [[("smile", 1.0)], [("smile", 1.0), ("age", 0.5)],
+                                      [("smile", 10.0), ("age", 0.5)], []]
+
+
+# --- the live model: built once, shared, the file job's student rule ---------------------------------------
+@pytest.fixture(scope="module")
+def random_pack(tmp_path_factory: pytest.TempPathFactory):
+    from tests.random_pack import make_random_pack
+
+    return make_random_pack(tmp_path_factory.mktemp("pack")).root
+
+
+@pytest.mark.slow  # builds the networks and loads dlib's models twice: ~10 s on a busy 2-core machine
+def test_live_model_takes_the_student_only_when_students_cover_every_edit(random_pack, caplog) -> None:
+    from stream.config import FaceConfig, ModelConfig
+    from stream.live_model import live_model
+    from stream.pipeline import GanEditModel, StudentEditModel
+
+    config = ModelConfig(pack=random_pack, backend="torch")
+    student = live_model(config, FaceConfig(), [])  # the pack's default edit, smile, has a student
+    first, second = student.new_processor(), student.new_processor()
+    assert isinstance(first.model, StudentEditModel) and student.default_edits == (("smile", 1.0),)
+    assert first.model is not second.model and first.tracker is not second.tracker
+    assert first.model.students["smile"][0] is second.model.students["smile"][0]  # one engine for both streams
+
+    caplog.set_level(logging.WARNING, logger="stream.live_model")
+    both = live_model(config, FaceConfig(), [("smile", 1.0), ("age", -0.5)])  # no student for age
+    assert isinstance(both.new_processor().model, GanEditModel)
+    assert both.default_edits == (("smile", 1.0), ("age", -0.5)) and set(both.edit_names) == {"smile", "age"}
+    assert [r.getMessage() for r in caplog.records if "no student" in r.getMessage()] == [
+        f"no student in {random_pack} for age: using the generator (encoder + generator) for every edit"]

@@ -81,16 +81,8 @@ class EditedTrack(MediaStreamTrack):
 class PeerSession:
     """Everything one peer holds; `close()` releases all of it."""
 
-    def __init__(
-        self,
-        pc: RTCPeerConnection,
-        processor: FrameProcessor,
-        edit_names: Sequence[str],
-        edits: Edits,
-        on_closed: Callable[[PeerSession], None],
-        session_id: int,
-        connect_timeout_s: float,
-    ) -> None:
+    def __init__(self, pc: RTCPeerConnection, processor: FrameProcessor, edit_names: Sequence[str], edits: Edits,
+                 on_closed: Callable[[PeerSession], None], session_id: int, connect_timeout_s: float) -> None:
         self.id = session_id
         self.pc = pc
         self.edit_names = list(edit_names)
@@ -181,11 +173,9 @@ class PeerSession:
         """
         try:
             data = json.loads(message)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+            kind = data.get("type")
+        except (ValueError, TypeError, AttributeError):  # not JSON, or JSON but not an object
             return {"type": "error", "message": "control messages are JSON objects"}
-        if not isinstance(data, dict):
-            return {"type": "error", "message": "control messages are JSON objects"}
-        kind = data.get("type")
         if kind == "edit":
             name, strength = data.get("name"), data.get("strength")
             if not isinstance(name, str) or (name and name not in self.edit_names):
@@ -228,9 +218,8 @@ class PeerSession:
             await self.pc.close()
         except Exception as err:  # noqa: BLE001 - aiortc can fail closing a peer it never finished setting up
             log.debug("peer %d: closing the connection: %r", self.id, err)
-        self.pc.remove_all_listeners()
-        for channel_or_track in (self.channel, self._input):
-            if channel_or_track is not None:
-                channel_or_track.remove_all_listeners()
+        for emitter in (self.pc, self.channel, self._input):  # their callbacks hold this session
+            if emitter is not None:
+                emitter.remove_all_listeners()
         self._on_closed(self)
         self.closed.set()
