@@ -98,17 +98,17 @@ def main() -> None:
         "",
         "| measure | value |",
         "|---|---|",
-        f"| resident memory after {WARM_UP} sessions / after {args.sessions} | {reference.rss_mb:.0f} MB / "
-        f"{end.rss_mb:.0f} MB ({drift:+.1f} %) |",
+        (f"| resident memory after {WARM_UP} sessions / after {args.sessions} | {reference.rss_mb:.0f} MB / "
+        f"{end.rss_mb:.0f} MB ({drift:+.1f} %) |"),
         f"| resident memory every 10th session | {', '.join(f'{r:.0f}' for r in rss[9::10])} MB |",
         f"| before the first session / after the last | {result['start']} / {end} |",
-        f"| offer answered (POST -> answer): first, then p50 / p95 / max | {answers_ms[0]:.0f} ms, then "
+        (f"| offer answered (POST -> answer): first, then p50 / p95 / max | {answers_ms[0]:.0f} ms, then "
         f"{np.percentile(answers_ms[1:], 50):.0f} / {np.percentile(answers_ms[1:], 95):.0f} / "
-        f"{answers_ms[1:].max():.0f} ms |",
-        f"| slot free after the client closed (p50 / max) | {np.percentile(frees_ms, 50):.0f} / "
-        f"{frees_ms.max():.0f} ms |",
-        f"| slot of a client that never connects, held for | {held_s:.1f} s (connect timeout "
-        f"{args.connect_timeout:g} s) |",
+        f"{answers_ms[1:].max():.0f} ms |"),
+        (f"| slot free after the client closed (p50 / max) | {np.percentile(frees_ms, 50):.0f} / "
+        f"{frees_ms.max():.0f} ms |"),
+        (f"| slot of a client that never connects, held for | {held_s:.1f} s (connect timeout "
+        f"{args.connect_timeout:g} s) |"),
     ])
     print(text)
     if not args.no_write:

@@ -104,6 +104,16 @@ def test_hostile_offers_are_refused_cleanly_and_a_normal_peer_follows(server, ca
         for name, bad in {**ABUSE_SDP, **variants(sdp)}.items():
             status, answer = await live_client.http(url, live_client.offer_body(bad))
             assert status == 400 and "\n" not in answer["error"], (name, status, answer)
+        # broken framing: a body cut short, chunked or not, and both framings at once
+        host = f"Host: 127.0.0.1:{server.port}\r\n"
+        for raw in (f"POST /offer HTTP/1.1\r\n{host}Content-Length: 1000\r\n\r\n{{\"sdp\":",
+                    f"POST /offer HTTP/1.1\r\n{host}Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"sdp\"\r\n",
+                    f"POST /offer HTTP/1.1\r\n{host}Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"):
+            _, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(raw.encode())
+            await writer.drain()
+            await asyncio.sleep(0.2)
+            writer.close()
         # the body in pieces (two writes 150 ms apart; chunked) from clients that then never connect:
         # answered, they hold the two slots, then lose them to the connect timeout
         ghosts = []

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
 from stream.live_model import LiveModel
@@ -95,6 +96,23 @@ def _refuse(request: web.Request, status: int, message: str) -> web.Response:
     return _error(status, message)
 
 
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (say, both Content-Length and chunked) as an error with a
+    traceback; it is bad input, so it becomes one info line like the server's own refusals."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            reason = str(error.message).strip().splitlines()[0] if error.message else type(error).__name__
+            record.msg, record.args = "%s refused: %d %s", (record.getMessage(), error.code, reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED_HTTP = _MalformedHttpFilter()
+
+
 def _ice_configuration(options: ServeOptions) -> RTCConfiguration:
     return RTCConfiguration(iceServers=[RTCIceServer(urls=url) for url in options.stun])
 
@@ -133,6 +151,8 @@ async def read_body(request: web.Request, cap: int) -> bytes:
         await asyncio.wait_for(read_all(), BODY_TIMEOUT_S)
     except TimeoutError:
         raise SignalingError(408, f"the offer did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    except ConnectionError:
+        raise SignalingError(400, f"the connection closed after {len(body)} bytes of the offer") from None
     return bytes(body)
 
 
@@ -190,6 +210,8 @@ def create_app(options: ServeOptions, model: LiveModel) -> web.Application:
     loopback = is_loopback(options.host)
     if not loopback and options.token is None:
         raise ValueError("a token is required when serving beyond loopback")
+    if _MALFORMED_HTTP not in logging.getLogger("aiohttp.server").filters:
+        logging.getLogger("aiohttp.server").addFilter(_MALFORMED_HTTP)
     app = web.Application(client_max_size=options.max_sdp_bytes)
     app[STATE] = _State(
         options=options,
