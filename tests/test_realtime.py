@@ -6,6 +6,7 @@ checked exactly, not by timing. The server tests drive it with aiortc's own clie
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import re
@@ -13,6 +14,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from fractions import Fraction
 
 import av
@@ -343,6 +345,24 @@ def test_server_edits_a_stream_caps_peers_and_frees_a_closed_peer(server) -> Non
         assert session.pc.connectionState == "closed"
 
     asyncio.run(scenario())
+
+
+def test_a_closed_peer_is_freed_without_a_garbage_collection(server) -> None:
+    """No reference cycle keeps a closed peer (its worker, its processor) alive until a full collection."""
+    async def scenario() -> weakref.ref:
+        status, _, _, pc = await client_session(server.url, frames=5)
+        assert status == 200
+        session = weakref.ref(next(iter(server.registry.sessions.values())))
+        await pc.close()
+        await asyncio.get_running_loop().run_in_executor(None, wait_for, lambda: not server.registry.sessions)
+        return session
+
+    gc.disable()
+    try:
+        session = asyncio.run(scenario())
+        wait_for(lambda: session() is None, 5)
+    finally:
+        gc.enable()
 
 
 def test_server_page_config_and_refusals(server) -> None:
