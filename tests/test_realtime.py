@@ -409,6 +409,9 @@ def test_serve_options_token_tls_and_limits(tmp_path) -> None:
         options_from_args(serve_args("--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem")))
     with pytest.raises(UserError, match="--max-peers"):
         options_from_args(serve_args("--max-peers", "0"))
+    assert local.connect_timeout_s == 20 and options_from_args(serve_args("--connect-timeout", "5")).connect_timeout_s == 5
+    with pytest.raises(UserError, match="--connect-timeout"):
+        options_from_args(serve_args("--connect-timeout", "0"))
 
 
 def test_tls_serves_the_page_over_https(tmp_path) -> None:
