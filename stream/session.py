@@ -232,12 +232,14 @@ class EditNetworks:
 
     def _engine(self, module, network: str, io: tuple[str, str], shape: tuple[int, ...]) -> Engine:
         from engines.backends import create_engine
+        from engines.backends.serial import shareable
 
         precision = self.config.precision
         if precision == "int8":
-            return self._calibrated_engine(network, io[0], shape)
-        return create_engine(module, self.config.backend, {io[0]: (shape, "float32")}, precision=precision,
-                             threads=self.threads, output_names=(io[1],))
+            return shareable(self._calibrated_engine(network, io[0], shape))
+        # several sessions (live peers) share these engines
+        return shareable(create_engine(module, self.config.backend, {io[0]: (shape, "float32")},
+                                       precision=precision, threads=self.threads, output_names=(io[1],)))
 
     def _calibrated_engine(self, network: str, input_name: str, shape: tuple[int, ...]) -> Engine:
         """INT8: the Q/DQ graph `calibrate` wrote for this network, checked against the shape it must take."""
