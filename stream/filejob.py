@@ -76,7 +76,7 @@ def _gan_model(config: ModelConfig, pack: ModelPack | None, threads: int | None)
     from engines.backends import create_engine
     from stream.edits.directions import load_direction_set
 
-    generator = load_generator(config.generator or pack.generator)  # type: ignore[union-attr]
+    generator = load_generator(config.tuned_generator or config.generator or pack.generator)  # type: ignore[union-attr]
     encoder = load_encoder(config.encoder or pack.encoder)  # type: ignore[union-attr]
     files = config.directions or (pack.directions,)  # type: ignore[union-attr]
     directions = load_direction_set(files, generator.num_ws, generator.style_dim)
@@ -109,7 +109,7 @@ def build_edit_model(config: ModelConfig, edits: Sequence[EditSpec], threads: in
     path = config.path
     if config.student is not None:
         path = "student"
-    elif config.generator is not None or config.encoder is not None:
+    elif config.generator is not None or config.encoder is not None or config.tuned_generator is not None:
         path = "gan"
     elif path == "auto":
         covered = pack is not None and edits and all(name in pack.students for name, _ in edits)
