@@ -218,7 +218,9 @@ class EditNetworks:
         if self._generator is None:
             from engines import load_generator
 
-            self._generator = load_generator(self.config.generator or self.pack.generator)  # type: ignore[union-attr]
+            # a copy tuned to one video (stream/tuning.py) stands in for the generator it was tuned from
+            path = self.config.tuned_generator or self.config.generator or self.pack.generator  # type: ignore[union-attr]
+            self._generator = load_generator(path)
         return self._generator
 
     def _directions(self) -> dict[str, Direction]:

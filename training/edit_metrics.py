@@ -17,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from engines.nets.stylegan2 import Generator
+from engines.nets.synthesis import synthesize
 from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute_matrix, cosine_similarity
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
@@ -26,7 +27,6 @@ from stream.pixels import images_to_uint8
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.losses import psnr_uint8
-from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
