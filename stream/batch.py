@@ -18,15 +18,14 @@ import json
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
 from engines.atomic import atomic_write_bytes
 from engines.errors import UserError
-from stream.config import FileJobConfig
+from stream.config import FileJobConfig, TuningSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +33,23 @@ VIDEO_SUFFIXES = frozenset({".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".m
 LIST_SUFFIXES = frozenset({".txt", ".list", ".lst"})
 Status = Literal["done", "skipped", "failed", "interrupted"]
 RESUME_HINT = "stopped before the end; run the batch again to resume"
+
+
+@dataclass(frozen=True)
+class BatchSpec:
+    """What every item of a batch shares: the file job (its input and output are replaced per item) and,
+    when asked for, pivotal tuning of the generator to each video before it is edited."""
+
+    job: FileJobConfig
+    tuning: TuningSettings | None = None
+
+    def settings(self) -> str:
+        """A digest of everything that shapes an output except which input and output it is: an output made
+        with other edits, models, tuning or encoder settings is not this batch's output."""
+        fields = {"job": dataclasses.asdict(replace(self.job, overwrite=False)),
+                  "tuning": None if self.tuning is None else dataclasses.asdict(self.tuning)}
+        del fields["job"]["input"], fields["job"]["output"]
+        return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -145,14 +161,6 @@ def marker_path(output: Path) -> Path:
     return output.with_name(f".{output.name}.done")
 
 
-def job_settings(template: FileJobConfig) -> str:
-    """A digest of everything that shapes an output except which input and output it is: an output made with
-    other edits, models or encoder settings is not this batch's output."""
-    fields = dataclasses.asdict(replace(template, overwrite=False))
-    del fields["input"], fields["output"]
-    return hashlib.sha256(json.dumps(fields, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
 def _input_identity(path: Path) -> dict[str, object]:
     stat = path.stat()
     return {"path": str(path.absolute()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
@@ -180,23 +188,24 @@ def completed(item: BatchItem, settings: str) -> Outcome | None:
 # -- the worker ----------------------------------------------------------------------------------------------
 
 class BatchWorker:
-    """Loads the networks (edit model, face detector) once, then edits one item after another.
+    """Loads the networks once, then edits one item after another with them (run_file_job's `networks`).
 
-    `template` is the file job's config for every item (its input and output are replaced per item)."""
+    With tuning, each video is edited by a generator tuned to it (stream/tuning.py, cached by content), so
+    its networks are its own; the tuning runs here, on the worker that edits the video."""
 
-    def __init__(self, template: FileJobConfig) -> None:
-        from stream import filejob
-        from stream.faces.detect import make_detector
+    def __init__(self, spec: BatchSpec) -> None:
+        from stream.filejob import ENGINE_THREADS, default_edits
+        from stream.session import EditNetworks
 
-        self.template = template
-        self.settings = job_settings(template)
+        self.spec = spec
+        self.settings = spec.settings()
         self._stop = threading.Event()
-        edits = filejob.default_edits(template)
-        # the same arguments run_file_job builds its model with
-        causal = "causal" if template.smoothing == "causal" else "off"
-        self._model = filejob.build_edit_model(replace(template.model, smoothing=causal), edits,
-                                               filejob.ENGINE_THREADS)
-        self._detector = make_detector(template.face.detector, template.face.face_models)
+        self._networks = None
+        if spec.tuning is None:
+            networks = EditNetworks(spec.job.model, ENGINE_THREADS)
+            edits = networks.check_edits(default_edits(spec.job, networks))
+            networks.renderer(networks.path_for(edits))  # loaded now: a broken pack fails before any video
+            self._networks = networks
 
     def stop(self) -> None:
         """Ask the running job (from another thread) to stop at its next frame; its output is not written."""
@@ -214,9 +223,10 @@ class BatchWorker:
                 on_frame()
 
         try:
-            config = replace(self.template, input=item.input, output=item.output)
-            with self._loaded_networks():
-                result = run_file_job(config, on_frame=frame_done)
+            config = replace(self.spec.job, input=item.input, output=item.output)
+            if self.spec.tuning is not None:
+                config = self._tuned(config)
+            result = run_file_job(config, on_frame=frame_done, networks=self._networks)
             write_marker(item, self.settings, result.frames, result.seconds)
         except Stopped:
             return Outcome(item, "interrupted", reason=RESUME_HINT)
@@ -227,30 +237,11 @@ class BatchWorker:
             return Outcome(item, "failed", reason=f"{type(err).__name__}: {err} (run `file` on it with -v)")
         return Outcome(item, "done", result.frames, result.seconds)
 
-    @contextmanager
-    def _loaded_networks(self) -> Iterator[None]:
-        """The seam: run_file_job builds its model and detector through stream.filejob.build_edit_model and
-        build_tracker; while a job of this worker runs they answer from the networks loaded once. Workers run
-        one job at a time, each in a process of its own (or the batch's only one), so nothing else sees this.
-        Per-track state (the causal code filter) is dropped between videos."""
-        from stream import filejob
-        from stream.faces.track import FaceTracker
+    def _tuned(self, config: FileJobConfig) -> FileJobConfig:
+        from stream.tuning import tune_for_video
 
-        model, detector = self._model, self._detector
-        model.forget(())
-
-        def build_model(*_args: object) -> object:
-            return model
-
-        def build_tracker(config, fps: float) -> FaceTracker:
-            return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
-
-        saved = filejob.build_edit_model, filejob.build_tracker
-        filejob.build_edit_model, filejob.build_tracker = build_model, build_tracker
-        try:
-            yield
-        finally:
-            filejob.build_edit_model, filejob.build_tracker = saved
+        tuned = tune_for_video(config.input, config.model, config.face, self.spec.tuning)
+        return replace(config, model=replace(config.model, tuned_generator=tuned.path))
 
 
 # -- running a batch on this machine ------------------------------------------------------------------------
@@ -279,13 +270,13 @@ def _cuda_devices() -> list[str]:
     return ids[:count]
 
 
-def run_local(template: FileJobConfig, items: Sequence[BatchItem], devices: Sequence[str | None],
+def run_local(spec: BatchSpec, items: Sequence[BatchItem], devices: Sequence[str | None],
               on_frames: FramesCallback, on_outcome: OutcomeCallback) -> None:
     """Edit `items` on local workers (one per entry of `devices`). A single CPU worker runs in this process;
     otherwise each worker is a process of its own that loads the networks once. Ctrl-C stops every job at its
     next frame (no partial output is left) and is raised again here."""
     if len(devices) == 1 and devices[0] is None:
-        worker = BatchWorker(template)
+        worker = BatchWorker(spec)
         for item in items:
             try:
                 outcome = worker.run(item, lambda index=item.index: on_frames(index, 1))
@@ -296,7 +287,7 @@ def run_local(template: FileJobConfig, items: Sequence[BatchItem], devices: Sequ
         return
     from stream.batchprocs import run_in_processes
 
-    run_in_processes(template, items, devices, on_frames, on_outcome)
+    run_in_processes(spec, items, devices, on_frames, on_outcome)
 
 
 # -- the summary --------------------------------------------------------------------------------------------

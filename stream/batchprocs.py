@@ -15,20 +15,19 @@ import signal
 from collections.abc import Sequence
 
 from engines.errors import UserError
-from stream.batch import BatchItem, BatchWorker, FramesCallback, Outcome, OutcomeCallback, Stopped
-from stream.config import FileJobConfig
+from stream.batch import BatchItem, BatchSpec, BatchWorker, FramesCallback, Outcome, OutcomeCallback, Stopped
 
 log = logging.getLogger(__name__)
 STOP_WAIT_S = 60.0      # how long Ctrl-C waits for the running jobs to delete their partial outputs
 
 
-def _serve(worker_id: int, template: FileJobConfig, device: str | None, tasks, events, stop) -> None:
+def _serve(worker_id: int, spec: BatchSpec, device: str | None, tasks, events, stop) -> None:
     """A worker process: load once, then take items until the queue says None or `stop` is set."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     if device is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = device  # before anything imports torch: this GPU alone
     try:
-        worker = BatchWorker(template)
+        worker = BatchWorker(spec)
     except UserError as err:
         events.put(("error", str(err)))
         return
@@ -51,7 +50,7 @@ def _serve(worker_id: int, template: FileJobConfig, device: str | None, tasks, e
     events.put(("exit", worker_id))
 
 
-def run_in_processes(template: FileJobConfig, items: Sequence[BatchItem], devices: Sequence[str | None],
+def run_in_processes(spec: BatchSpec, items: Sequence[BatchItem], devices: Sequence[str | None],
                      on_frames: FramesCallback, on_outcome: OutcomeCallback) -> None:
     """Edit `items` on one process per entry of `devices` (a CUDA device id, or None for the CPU)."""
     context = multiprocessing.get_context("spawn")  # fresh interpreters: no forked CUDA or thread state
@@ -60,7 +59,7 @@ def run_in_processes(template: FileJobConfig, items: Sequence[BatchItem], device
         tasks.put(item)
     for _ in devices:
         tasks.put(None)
-    processes = [context.Process(target=_serve, args=(i, template, device, tasks, events, stop), daemon=True,
+    processes = [context.Process(target=_serve, args=(i, spec, device, tasks, events, stop), daemon=True,
                                  name=f"batch-worker-{i}") for i, device in enumerate(devices)]
     for process in processes:
         process.start()

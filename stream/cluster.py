@@ -19,8 +19,7 @@ from contextlib import contextmanager
 from types import ModuleType
 
 from engines.errors import MissingDependency, UserError
-from stream.batch import BatchItem, BatchWorker, FramesCallback, Outcome, OutcomeCallback
-from stream.config import FileJobConfig
+from stream.batch import BatchItem, BatchSpec, BatchWorker, FramesCallback, Outcome, OutcomeCallback
 
 log = logging.getLogger(__name__)
 LOCAL = "local"         # --ray local: start a cluster on this machine for this batch
@@ -40,9 +39,9 @@ class BatchActor:
         self._worker: BatchWorker | None = None
         self._progress = (-1, 0)     # (item index, frames written)
 
-    def load(self, template: FileJobConfig) -> str | None:
+    def load(self, spec: BatchSpec) -> str | None:
         try:
-            self._worker = BatchWorker(template)
+            self._worker = BatchWorker(spec)
         except UserError as err:
             return str(err)
         return None
@@ -107,16 +106,16 @@ def _check_reachable(address: str) -> None:
     try:
         socket.create_connection((host, int(port)), timeout=CONNECT_TIMEOUT_S).close()
     except OSError as err:
-        raise UserError(f"--ray {address}: nothing answers there ({err.strerror or err}); give the head node's "
-                        "address and port (ray start --head prints it), or use --ray local") from None
+        raise UserError(f"--ray {address}: nothing answers there ({err.strerror or err}); give the head "
+                        "node's address and port (ray start --head prints it), or use --ray local") from None
 
 
-def run_on_ray(template: FileJobConfig, items: Sequence[BatchItem], address: str, workers: int | None,
+def run_on_ray(spec: BatchSpec, items: Sequence[BatchItem], address: str, workers: int | None,
                on_frames: FramesCallback, on_outcome: OutcomeCallback) -> None:
     """Edit `items` on the Ray cluster at `address` (see `connected`). Ctrl-C stops every running job at its
     next frame, waits for them to delete their partial outputs, and is raised again here."""
     with connected(address) as ray:
-        actors = _start_actors(ray, template, workers)
+        actors = _start_actors(ray, spec, workers)
         try:
             _schedule(ray, actors, items, on_frames, on_outcome)
         finally:
@@ -124,7 +123,7 @@ def run_on_ray(template: FileJobConfig, items: Sequence[BatchItem], address: str
                 ray.kill(actor)
 
 
-def _start_actors(ray, template: FileJobConfig, workers: int | None) -> list:
+def _start_actors(ray, spec: BatchSpec, workers: int | None) -> list:
     resources = ray.cluster_resources()
     gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
     count = workers or gpus or 1
@@ -136,7 +135,7 @@ def _start_actors(ray, template: FileJobConfig, workers: int | None) -> list:
     actors = [actor_class.remote() for _ in range(count)]
     log.info("ray: %d workers (%s each)", count, "one GPU" if gpus else "one CPU")
     try:
-        errors = ray.get([actor.load.remote(template) for actor in actors])
+        errors = ray.get([actor.load.remote(spec) for actor in actors])
     except ray.exceptions.RayError as err:
         raise UserError(f"a worker could not start on the cluster ({_first_line(err)})") from None
     problem = next((error for error in errors if error), None)

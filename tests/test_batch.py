@@ -9,7 +9,16 @@ import pytest
 
 from engines.errors import UserError
 from stream import cli
-from stream.batch import BatchItem, collect_inputs, marker_path, output_names, plan, run_local
+from stream.batch import (
+    BatchItem,
+    BatchSpec,
+    collect_inputs,
+    completed,
+    marker_path,
+    output_names,
+    plan,
+    run_local,
+)
 from stream.commands.batch import add_arguments
 from stream.commands.file import job_config
 from tests.media_clips import audio_packets, make_clip, video_timestamps
@@ -88,7 +97,7 @@ def test_bad_input_is_one_line_and_the_rest_finish_then_resume_skips(pack: Path,
 
     # other settings: the outputs are not this batch's; they are named, not replaced
     assert cli.main([*argv[:-1], "smile=0.5"]) == 1
-    assert "already exists; pass --overwrite" in capsys.readouterr().err
+    assert "made with other settings or not by a batch; pass --overwrite" in capsys.readouterr().err
 
 
 def test_interrupted_batch_leaves_no_partial_output_and_resumes(pack: Path, tmp_path: Path) -> None:
@@ -99,7 +108,7 @@ def test_interrupted_batch_leaves_no_partial_output_and_resumes(pack: Path, tmp_
     out = tmp_path / "out"
     out.mkdir()
     args = _parse(["x", "-o", str(out), "--pack", str(pack), "--backend", "torch", "--edit", "smile=1"])
-    template = job_config(args, input=clips[0], output=out / ".template.mp4")
+    spec = BatchSpec(job_config(args, input=clips[0], output=out / ".template.mp4"))
     items = plan(clips, out)
     outcomes = []
 
@@ -108,15 +117,13 @@ def test_interrupted_batch_leaves_no_partial_output_and_resumes(pack: Path, tmp_
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_local(template, items, [None], interrupt_second, outcomes.append)
+        run_local(spec, items, [None], interrupt_second, outcomes.append)
     assert [o.status for o in outcomes] == ["done", "interrupted"]
     assert sorted(p.name for p in out.iterdir()) == [".a.mp4.done", "a.mp4"]
 
-    from stream.batch import completed, job_settings
-
-    todo = [item for item in items if completed(item, job_settings(template)) is None]
+    todo = [item for item in items if completed(item, spec.settings()) is None]
     assert todo == [items[1]]
-    run_local(template, todo, [None], lambda index, count: None, outcomes.append)
+    run_local(spec, todo, [None], lambda index, count: None, outcomes.append)
     assert outcomes[-1].status == "done" and video_timestamps(out / "b.mp4") == video_timestamps(clips[1])
 
 

@@ -39,9 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from stream.batch import collect_inputs, completed, job_settings, plan, summary_table
-    from stream.commands.file import job_config
+    from stream.batch import BatchSpec, Outcome, collect_inputs, completed, plan, summary_table
+    from stream.commands.file import job_config, tuning_settings
     from stream.filejob import default_edits
+    from stream.session import EditNetworks
 
     if args.workers is not None and args.workers < 1:
         raise UserError(f"--workers {args.workers}: give 1 or more")
@@ -60,20 +61,31 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"-o {out_dir}: cannot create this folder ({err.strerror}); choose another") from None
     items = plan(collect_inputs(args.inputs), out_dir)
     # the job every item shares; its input and output are replaced per item (this output is never written)
-    template = job_config(args, input=items[0].input, output=out_dir / ".batch-template.mp4")
-    template = replace(template, edits=default_edits(template))  # said once, not once a video
-    settings = job_settings(template)
+    job = job_config(args, input=items[0].input, output=out_dir / ".batch-template.mp4")
+    # the edits, the pack's default when none was given, checked once here (reads the pack, loads no network)
+    networks = EditNetworks(job.model)
+    job = replace(job, edits=networks.check_edits(default_edits(job, networks)))
+    spec = BatchSpec(job, tuning_settings(args) if args.tune else None)
+    settings = spec.settings()
 
     outcomes: list[Outcome] = []
     todo: list[BatchItem] = []
     for item in items:
         previous = completed(item, settings)
-        if previous is None:
-            todo.append(item)
-        else:
+        if previous is not None:
             outcomes.append(previous)
-    if outcomes:
-        print(f"{len(outcomes)} of {len(items)} outputs already complete in {out_dir}: skipped")
+        elif item.output.exists() and not args.overwrite:  # fails here rather than after a worker starts
+            reason = f"{item.output}: exists, made with other settings or not by a batch; pass --overwrite " \
+                     "to replace it"
+            outcomes.append(Outcome(item, "failed", reason=reason))
+        else:
+            todo.append(item)
+    done_before = sum(outcome.status == "skipped" for outcome in outcomes)
+    if done_before:
+        print(f"{done_before} of {len(items)} outputs already complete in {out_dir}: skipped")
+    for outcome in outcomes:
+        if outcome.status == "failed":
+            print(f"failed: {outcome.item.input.name}: {outcome.reason}", file=sys.stderr)
 
     progress = BatchProgress(todo, outcomes)
     start = time.perf_counter()
@@ -83,11 +95,11 @@ def run(args: argparse.Namespace) -> int:
         elif args.ray:
             from stream.cluster import run_on_ray
 
-            run_on_ray(template, todo, args.ray, args.workers, progress.frames, progress.outcome)
+            run_on_ray(spec, todo, args.ray, args.workers, progress.frames, progress.outcome)
         else:
             from stream.batch import local_devices, run_local
 
-            run_local(template, todo, local_devices(args.workers), progress.frames, progress.outcome)
+            run_local(spec, todo, local_devices(args.workers), progress.frames, progress.outcome)
     finally:
         progress.close()
         if outcomes:
