@@ -2,13 +2,15 @@
 
 - Plan: inputs (files, folders, text files listing paths) become BatchItems with one output name each;
   two inputs with the same stem get names that differ by a hash of their path, never one file for both.
-- Complete: the file job renames OUT into place only when it finished; after that rename the worker writes
-  a marker beside it (`.<name>.done`, atomically) naming the input (path, size, time), the job's settings and
-  the output's size. An item whose output and marker agree with this batch is skipped, so an interrupted
-  batch resumes where it stopped; a crash between the two renames only means that item is redone.
-- Workers: a BatchWorker loads the networks once and runs the file job on one item after another. Locally
-  there is one worker per GPU (or `workers` on the CPU), in this process when there is one, else in processes
-  of their own; stream/cluster.py runs the same workers as Ray actors.
+- Complete: the file job renames OUT into place only when it has finished; after that, the worker writes a
+  marker beside it (`.<name>.mp4.done`, atomically) naming the input (path, size, time), the job's settings
+  and the output's size. An item whose output and marker agree with this batch is skipped, so an
+  interrupted batch resumes where it stopped. An output without such a marker (other settings, a file of
+  the user's, a crash between the two renames) is never replaced without --overwrite.
+- Workers: a BatchWorker builds the networks once (stream/session.py's EditNetworks) and hands them to the
+  file job of one item after another. Locally there is one worker per GPU (or `workers` on the CPU), in
+  this process when there is one, else in processes of their own (stream/batchprocs.py); stream/cluster.py
+  runs the same workers as Ray actors.
 """
 from __future__ import annotations
 
