@@ -186,3 +186,24 @@ def test_a_ray_address_where_nothing_answers_is_one_line(tmp_path: Path, monkeyp
     clip.touch()
     assert cli.main(["batch", str(clip), "-o", str(tmp_path / "out"), "--ray", f"127.0.0.1:{port}"]) == 2
     assert "nothing answers there" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tune_tunes_each_video_on_its_worker(pack: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                             capsys) -> None:
+    from tests.media_clips import trimmed_copy
+    from tests.reference_weights import FACES, require
+
+    monkeypatch.setenv("FACEEDIT_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli, "COMMANDS", {"batch": "batch"})
+    clips = [trimmed_copy(require(FACES / name), tmp_path / name, 6) for name in ("d19.mp4", "d18.mp4")]
+    argv = ["batch", *map(str, clips), "-o", str(tmp_path / "out"), "--pack", str(pack), "--backend", "torch",
+            "--edit", "smile=1", "--tune", "--tune-steps", "2", "--tune-frames", "2", "--invert-steps", "1"]
+    assert cli.main(argv) == 0
+    assert "2 done, 0 skipped, 0 failed" in capsys.readouterr().out
+    assert len(list((tmp_path / "cache" / "tuned").glob("*.safetensors"))) == 2  # one generator per video
+    for clip in clips:
+        assert video_timestamps(tmp_path / "out" / clip.name) == video_timestamps(clip)
+    # tuning is part of the settings: the same batch without it does not take these outputs as its own
+    assert cli.main([arg for arg in argv if arg != "--tune"]) == 1
+    assert "made with other settings" in capsys.readouterr().err
