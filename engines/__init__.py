@@ -1,7 +1,9 @@
 """Networks and the engines that run them.
 
 Public loaders: `load_generator(path) -> LoadedGenerator`, `load_encoder(path) -> LoadedEncoder`, for
-rosinality .pt, NVlabs .pkl, e4e/pSp .pt and the project's .safetensors (engines/checkpoints.py).
+rosinality .pt, NVlabs .pkl, e4e/pSp .pt and the project's .safetensors (engines/checkpoints.py);
+`load_clip(path, activation=None) -> ClipModel` for open_clip, transformers and OpenAI CLIP weights
+(engines/clip_checkpoints.py).
 torch is imported on first use, so `import engines` (and engines.errors) stays light.
 """
 from __future__ import annotations
@@ -16,9 +18,10 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from engines.checkpoints import Checkpoint
+    from engines.nets.clip import Activation, ClipModel
     from engines.nets.stylegan2 import ExportSafeSynthesis, Generator
 
-__all__ = ["LoadedEncoder", "LoadedGenerator", "load_encoder", "load_generator"]
+__all__ = ["LoadedEncoder", "LoadedGenerator", "load_clip", "load_encoder", "load_generator"]
 
 
 def _as_tensor(x: Tensor | np.ndarray) -> tuple[Tensor, bool]:
@@ -131,3 +134,11 @@ def load_encoder(path: str | os.PathLike) -> LoadedEncoder:
     use_avg = ckpt.config.get("start_from_latent_avg", True)
     input_size = int(getattr(ckpt.module, "input_size", 256))
     return LoadedEncoder(ckpt.module, ckpt.latent_avg if use_avg else None, input_size, ckpt.architecture, ckpt)
+
+
+def load_clip(path: str | os.PathLike, activation: Activation | None = None) -> ClipModel:
+    """A CLIP model (ViT image tower) from open_clip, transformers or OpenAI weights; see
+    engines/clip_checkpoints.py. `activation` ("quickgelu" / "gelu") when the file does not say."""
+    from engines.clip_checkpoints import load_clip as _load_clip
+
+    return _load_clip(path, activation)

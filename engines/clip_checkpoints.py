@@ -1,0 +1,390 @@
+"""CLIP weights in the shapes users have them, read as data and mapped onto engines.nets.clip.ClipModel.
+
+- open_clip: `open_clip_model.safetensors` / `open_clip_pytorch_model.bin` (a plain state dict), usually
+  with `open_clip_config.json` beside them (`model_cfg.quick_gelu` says the activation), and its training
+  checkpoints `{'epoch', 'name', 'state_dict': {'module.' + key}}`.
+- Hugging Face transformers `CLIPModel`: a folder with `config.json` (`hidden_act`) and `model.safetensors`
+  or `pytorch_model.bin`; q, k and v are separate there and are packed as open_clip packs them.
+- OpenAI's `ViT-B-32.pt` etc.: a TorchScript archive. `torch.load` would hand it to `torch.jit.load`, which
+  runs the archive's code. `_TorchScriptUnpickler` reads its `data.pkl` as data instead: the only things it
+  can build are inert placeholders for the `__torch__.*` modules, tensors over the raw storages in
+  `data/`, and OrderedDicts; any other global in the file is refused before anything runs. OpenAI's
+  weights are QuickGELU.
+
+The architecture is read from the tensors' shapes. Weights are converted to float32 on the CPU.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import zipfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from engines.checkpoints import _first_line, _torch_load
+from engines.errors import CheckpointError
+from engines.nets.clip import ACTIVATIONS, HEAD_WIDTH, OPENAI_MEAN, OPENAI_STD, Activation, ClipModel
+
+log = logging.getLogger(__name__)
+
+OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+HF_FILES = ("model.safetensors", "pytorch_model.bin")
+TOKENIZER_VOCAB = 49408  # the vocabulary of engines/data/bpe_simple_vocab_16e6.txt.gz
+# Tensors OpenAI's archives carry beside the weights (open_clip drops them too)
+_ARCHIVE_EXTRAS = {"input_resolution", "context_length", "vocab_size"}
+
+
+def load_clip(path: str | os.PathLike, activation: Activation | None = None) -> ClipModel:
+    """A CLIP model (eval mode, CPU, float32) from an open_clip, transformers or OpenAI file or folder.
+
+    `activation` ("quickgelu" or "gelu") overrides what the file says; it must be given when the file
+    does not say (a bare state dict without its config)."""
+    path = Path(path)
+    if activation is not None and activation not in ACTIVATIONS:
+        raise CheckpointError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
+    state, hint, norm, source = read_clip_weights(path)
+    if activation is None:
+        if hint is None:
+            raise CheckpointError(
+                f"{path}: the file does not say which MLP activation this CLIP uses (the weights cannot tell); "
+                "pass activation='quickgelu' (OpenAI's weights, laion400m, metaclip) or 'gelu' "
+                "(laion2b, datacomp), --clip-activation on the command line")
+        activation = hint
+    elif hint is not None and hint != activation:
+        log.warning("%s: the file says %s, using %s as asked", path, hint, activation)
+    config = clip_config(path, state, activation, *norm)
+    model = _build(path, config, state)
+    log.debug("loaded CLIP from %s (%s, %s)", path, source, activation)
+    return model
+
+
+# ------------------------------------------------------------------------------------- files and folders
+def read_clip_weights(path: Path) -> tuple[dict[str, Tensor], Activation | None, tuple[Any, Any], str]:
+    """(open_clip-keyed float32 state dict, activation the file states or None, (mean, std), format name)."""
+    if path.is_dir():
+        for name in OPEN_CLIP_FILES:
+            if (path / name).is_file():
+                return read_clip_weights(path / name)
+        for name in HF_FILES:
+            if (path / name).is_file():
+                return read_clip_weights(path / name)
+        raise CheckpointError(f"{path}: no CLIP weights in this folder; expected one of "
+                              f"{', '.join(OPEN_CLIP_FILES + HF_FILES)}, or pass the .pt / .safetensors file")
+    if not path.is_file():
+        raise CheckpointError(f"{path}: CLIP checkpoint not found; pass an open_clip or transformers file or "
+                              "folder, or OpenAI's ViT-*.pt")
+    raw, source = _read_tensors(path)
+    if any(k.startswith(("text_model.", "vision_model.")) for k in raw):
+        hint, norm = _transformers_sidecars(path)
+        return _from_transformers(path, raw), hint, norm, f"transformers {source}"
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}
+    if source == "torchscript":
+        state = {k: v for k, v in state.items() if k not in _ARCHIVE_EXTRAS and not k.endswith(".attn_mask")}
+        return state, "quickgelu", (OPENAI_MEAN, OPENAI_STD), "OpenAI TorchScript archive"
+    hint, norm = _open_clip_sidecar(path)
+    return state, hint, norm, f"open_clip {source}"
+
+
+def _read_tensors(path: Path) -> tuple[dict[str, Tensor], str]:
+    with open(path, "rb") as handle:
+        head = handle.read(16)
+    if path.suffix == ".safetensors" or (len(head) >= 9 and head[8:9] == b"{"):
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            return _float_tensors(path, load_file(str(path))), "safetensors"
+        except (SafetensorError, OSError, ValueError) as err:
+            raise CheckpointError(f"{path}: corrupt safetensors file ({_first_line(err)})") from None
+    if head.startswith(b"PK") and _is_torchscript(path):
+        return _float_tensors(path, read_torchscript_tensors(path)), "torchscript"
+    if head.startswith(b"PK") or head[:1] == b"\x80":
+        data = _torch_load(path)
+        if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
+            data = data["state_dict"]  # an open_clip training checkpoint
+        if not isinstance(data, Mapping):
+            raise CheckpointError(f"{path}: holds a {type(data).__name__}, not a CLIP state dict")
+        return _float_tensors(path, data), "torch file"
+    raise CheckpointError(f"{path}: unknown CLIP checkpoint format (not safetensors, a torch file or a "
+                          "TorchScript archive)")
+
+
+def _float_tensors(path: Path, data: Mapping[str, Any]) -> dict[str, Tensor]:
+    odd = sorted(str(k) for k, v in data.items() if not isinstance(v, Tensor))
+    if odd:
+        raise CheckpointError(f"{path}: entries {odd[:4]} are not tensors; not a CLIP state dict")
+    return {str(k): v.detach().float() if v.is_floating_point() else v for k, v in data.items()}
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{path}: unreadable JSON ({_first_line(err)})") from None
+    return data if isinstance(data, dict) else {}
+
+
+def _open_clip_sidecar(path: Path) -> tuple[Activation | None, tuple[Any, Any]]:
+    """Activation and normalisation from `open_clip_config.json` beside the weights, when there is one."""
+    config_file = path.parent / "open_clip_config.json"
+    if not config_file.is_file():
+        return None, (OPENAI_MEAN, OPENAI_STD)
+    config = _read_json(config_file)
+    model_cfg = config.get("model_cfg") or {}
+    pre = config.get("preprocess_cfg") or {}
+    activation: Activation = "quickgelu" if model_cfg.get("quick_gelu") else "gelu"
+    return activation, (pre.get("mean", OPENAI_MEAN), pre.get("std", OPENAI_STD))
+
+
+def _transformers_sidecars(path: Path) -> tuple[Activation | None, tuple[Any, Any]]:
+    """Activation from transformers' `config.json` (its default, when a tower omits it, is quick_gelu)
+    and normalisation from `preprocessor_config.json`."""
+    config_file, pre_file = path.parent / "config.json", path.parent / "preprocessor_config.json"
+    pre = _read_json(pre_file) if pre_file.is_file() else {}
+    norm = (pre.get("image_mean", OPENAI_MEAN), pre.get("image_std", OPENAI_STD))
+    if not config_file.is_file():
+        return None, norm
+    config = _read_json(config_file)
+    acts = {(config.get(part) or {}).get("hidden_act", "quick_gelu") for part in ("text_config", "vision_config")}
+    names = {"quick_gelu": "quickgelu", "gelu": "gelu"}
+    if len(acts) != 1 or next(iter(acts)) not in names:
+        raise CheckpointError(f"{config_file}: hidden_act {sorted(acts)} is not supported; this project's CLIP "
+                              "uses one activation, quick_gelu or gelu, in both towers")
+    return names[acts.pop()], norm  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------ transformers keys
+_HF_LAYER = re.compile(r"(text|vision)_model\.encoder\.layers\.(\d+)\.(.+)")
+_HF_LAYER_PARTS = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2",
+                   "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"}
+_HF_NAMES = {
+    "text_model.embeddings.token_embedding.weight": "token_embedding.weight",
+    "text_model.embeddings.position_embedding.weight": "positional_embedding",
+    "text_model.final_layer_norm.weight": "ln_final.weight",
+    "text_model.final_layer_norm.bias": "ln_final.bias",
+    "vision_model.embeddings.class_embedding": "visual.class_embedding",
+    "vision_model.embeddings.patch_embedding.weight": "visual.conv1.weight",
+    "vision_model.embeddings.position_embedding.weight": "visual.positional_embedding",
+    "vision_model.pre_layrnorm.weight": "visual.ln_pre.weight",
+    "vision_model.pre_layrnorm.bias": "visual.ln_pre.bias",
+    "vision_model.post_layernorm.weight": "visual.ln_post.weight",
+    "vision_model.post_layernorm.bias": "visual.ln_post.bias",
+    "logit_scale": "logit_scale",
+}
+
+
+def _from_transformers(path: Path, sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """transformers CLIPModel keys -> open_clip keys (q, k, v packed on dim 0; projections transposed)."""
+    out: dict[str, Tensor] = {}
+    qkv: dict[str, dict[str, Tensor]] = {}
+    unknown: list[str] = []
+    for key, value in sd.items():
+        if key.endswith("embeddings.position_ids"):
+            continue  # an index buffer older transformers saved
+        if key in _HF_NAMES:
+            out[_HF_NAMES[key]] = value
+        elif key == "text_projection.weight":
+            out["text_projection"] = value.t().contiguous()
+        elif key == "visual_projection.weight":
+            out["visual.proj"] = value.t().contiguous()
+        elif match := _HF_LAYER.fullmatch(key):
+            tower, index, rest = match.groups()
+            prefix = f"{'visual.' if tower == 'vision' else ''}transformer.resblocks.{index}."
+            proj = re.fullmatch(r"self_attn\.([qkv])_proj\.(weight|bias)", rest)
+            if proj:
+                qkv.setdefault(f"{prefix}attn.in_proj_{proj.group(2)}", {})[proj.group(1)] = value
+                continue
+            part, _, leaf = rest.rpartition(".")
+            if part not in _HF_LAYER_PARTS:
+                unknown.append(key)
+                continue
+            out[f"{prefix}{_HF_LAYER_PARTS[part]}.{leaf}"] = value
+        else:
+            unknown.append(key)
+    for key, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise CheckpointError(f"{path}: {key}: transformers q/k/v projections incomplete ({sorted(parts)})")
+        out[key] = torch.cat([parts["q"], parts["k"], parts["v"]], dim=0)
+    if unknown:
+        raise CheckpointError(f"{path}: transformers keys this project's CLIP does not have: {unknown[:4]}; "
+                              "only CLIPModel with a ViT image tower converts")
+    return out
+
+
+# ------------------------------------------------------------------------------- architecture from shapes
+def clip_config(path: Path, sd: Mapping[str, Tensor], activation: Activation, mean: Any = OPENAI_MEAN,
+                std: Any = OPENAI_STD) -> dict[str, Any]:
+    """ClipModel kwargs read off an open_clip state dict's shapes."""
+    if any(k.startswith("visual.layer1.") for k in sd):
+        raise CheckpointError(f"{path}: a CLIP with a ResNet image tower (RN50, RN101, ...); only ViT CLIP "
+                              "models are supported")
+    try:
+        conv = sd["visual.conv1.weight"]
+        grid = math.isqrt(sd["visual.positional_embedding"].shape[0] - 1)
+        config = {
+            "embed_dim": int(sd["text_projection"].shape[1]),
+            "image_size": int(grid * conv.shape[-1]), "patch_size": int(conv.shape[-1]),
+            "vision_width": int(conv.shape[0]), "vision_layers": _count_layers(sd, "visual.transformer"),
+            "vision_mlp_width": int(sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+            "context_length": int(sd["positional_embedding"].shape[0]),
+            "vocab_size": int(sd["token_embedding.weight"].shape[0]),
+            "text_width": int(sd["ln_final.weight"].shape[0]), "text_layers": _count_layers(sd, "transformer"),
+            "text_mlp_width": int(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
+            "activation": activation, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+    except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: not an open_clip / OpenAI ViT CLIP state dict (missing or malformed "
+                              f"{_first_line(err)})") from None
+    if config["vocab_size"] != TOKENIZER_VOCAB:
+        raise CheckpointError(f"{path}: a text vocabulary of {config['vocab_size']} tokens; this project's "
+                              f"tokenizer is CLIP's {TOKENIZER_VOCAB}-token BPE")
+    for tower in ("vision", "text"):
+        if config[f"{tower}_width"] % HEAD_WIDTH:
+            raise CheckpointError(f"{path}: {tower} width {config[f'{tower}_width']} is not a multiple of the "
+                                  f"{HEAD_WIDTH}-wide attention heads CLIP uses")
+    return config
+
+
+def _count_layers(sd: Mapping[str, Tensor], prefix: str) -> int:
+    return sum(1 for k in sd if re.fullmatch(rf"{re.escape(prefix)}\.resblocks\.\d+\.ln_1\.weight", k))
+
+
+def _build(path: Path, config: dict[str, Any], sd: Mapping[str, Tensor]) -> ClipModel:
+    """ClipModel adopting the tensors (strict key set); built on the meta device so no random
+    initialisation of ~150M parameters is computed only to be overwritten."""
+    state = dict(sd)
+    if state.get("logit_scale") is not None and state["logit_scale"].numel() == 1:
+        state["logit_scale"] = state["logit_scale"].reshape(())  # [] or [1] in the wild
+    with torch.device("meta"):
+        model = ClipModel(**config)
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        detail = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"{path}: CLIP weights do not fit a ViT CLIP: {detail}") from None
+    # the normalisation constants are not weights: set them on the CPU
+    model.mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    model.std = torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    return model.eval().requires_grad_(False)
+
+
+# -------------------------------------------------------------------------------- TorchScript archives
+def _archive_root(names: list[str]) -> str | None:
+    """'<folder>/' of a torch zip (every entry sits under one folder holding data.pkl)."""
+    roots = {name.split("/", 1)[0] for name in names if name.count("/") == 1 and name.endswith("/data.pkl")}
+    return f"{roots.pop()}/" if len(roots) == 1 else None
+
+
+def _is_torchscript(path: Path) -> bool:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (zipfile.BadZipFile, OSError):
+        return False
+    root = _archive_root(names)
+    return root is not None and (f"{root}constants.pkl" in names or any(n.startswith(f"{root}code/") for n in names))
+
+
+class _ScriptModule:
+    """A `__torch__.*` module of a TorchScript archive, as data: its attribute dict (never its code)."""
+
+    def __init__(self) -> None:
+        self.attributes: dict[str, Any] = {}
+
+    def __setstate__(self, state: Any) -> None:
+        self.attributes = state if isinstance(state, dict) else {}
+
+
+class _Refused(pickle.UnpicklingError):
+    pass
+
+
+_STORAGE_DTYPES = {
+    "FloatStorage": torch.float32, "HalfStorage": torch.float16, "BFloat16Storage": torch.bfloat16,
+    "DoubleStorage": torch.float64, "LongStorage": torch.int64, "IntStorage": torch.int32,
+    "ShortStorage": torch.int16, "CharStorage": torch.int8, "ByteStorage": torch.uint8, "BoolStorage": torch.bool,
+}
+
+
+def _rebuild_tensor(storage: Any, offset: Any, size: Any, stride: Any, requires_grad: Any = False,
+                    hooks: Any = None, metadata: Any = None) -> Tensor:
+    """torch._utils._rebuild_tensor_v2's job on a storage read by `persistent_load`, bounds-checked."""
+    if not isinstance(storage, Tensor) or not all(isinstance(v, int) for v in (offset, *size, *stride)):
+        raise _Refused("a tensor with malformed storage, size or stride")
+    return torch.as_strided(storage, tuple(size), tuple(stride), offset).clone()
+
+
+class _TorchScriptUnpickler(pickle.Unpickler):
+    """Reads a TorchScript archive's data.pkl: placeholders for modules, tensors, OrderedDicts; nothing else."""
+
+    def __init__(self, handle: Any, archive: zipfile.ZipFile, root: str) -> None:
+        super().__init__(handle)
+        self._archive, self._root = archive, root
+        self._storages: dict[str, Tensor] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module.startswith("__torch__.") or module == "__torch__":
+            return _ScriptModule
+        if module == "torch._utils" and name == "_rebuild_tensor_v2":
+            return _rebuild_tensor
+        if module == "torch" and name in _STORAGE_DTYPES:
+            return _STORAGE_DTYPES[name]
+        if (module, name) == ("collections", "OrderedDict"):
+            return OrderedDict
+        raise _Refused(f"{module}.{name}")
+
+    def persistent_load(self, pid: Any) -> Tensor:
+        if not (isinstance(pid, tuple) and len(pid) == 5 and pid[0] == "storage"
+                and isinstance(pid[1], torch.dtype) and isinstance(pid[2], str)):
+            raise _Refused(f"a persistent id {str(pid)[:60]!r}")
+        dtype, key = pid[1], pid[2]
+        if key not in self._storages:
+            try:
+                data = bytearray(self._archive.read(f"{self._root}data/{key}"))
+            except KeyError:
+                raise _Refused(f"a storage data/{key} the archive lacks") from None
+            self._storages[key] = torch.frombuffer(data, dtype=dtype) if data else torch.empty(0, dtype=dtype)
+        return self._storages[key]
+
+
+def read_torchscript_tensors(path: Path) -> dict[str, Tensor]:
+    """The tensors of a TorchScript archive's module tree, by state_dict key, without running the archive."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            root = _archive_root(archive.namelist())
+            if root is None:
+                raise CheckpointError(f"{path}: a zip without one data.pkl; not a TorchScript archive")
+            with archive.open(f"{root}data.pkl") as handle:
+                tree = _TorchScriptUnpickler(handle, archive, root).load()
+    except _Refused as err:
+        raise CheckpointError(
+            f"{path}: refused: the TorchScript archive asks for {err}, which is not on the allow-list of "
+            "weights (module placeholders, tensors, storages); nothing from it was run") from None
+    except (pickle.UnpicklingError, zipfile.BadZipFile, EOFError, RuntimeError, ValueError, TypeError,
+            AttributeError, IndexError, KeyError, OSError) as err:
+        raise CheckpointError(f"{path}: corrupt or unsupported TorchScript archive ({_first_line(err)})") from None
+    if not isinstance(tree, _ScriptModule):
+        raise CheckpointError(f"{path}: the archive's data.pkl holds a {type(tree).__name__}, not a module")
+    out: dict[str, Tensor] = {}
+    seen: set[int] = set()
+
+    def walk(node: _ScriptModule, prefix: str) -> None:
+        if id(node) in seen:
+            return
+        seen.add(id(node))
+        for name, value in node.attributes.items():
+            if isinstance(value, Tensor):
+                out[prefix + str(name)] = value
+            elif isinstance(value, _ScriptModule):
+                walk(value, f"{prefix}{name}.")
+
+    walk(tree, "")
+    return out
