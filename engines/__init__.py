@@ -19,9 +19,10 @@ if TYPE_CHECKING:
 
     from engines.checkpoints import Checkpoint
     from engines.nets.clip import Activation, ClipModel
+    from engines.restyle import RestyleEncoder
     from engines.nets.stylegan2 import ExportSafeSynthesis, Generator
 
-__all__ = ["LoadedEncoder", "LoadedGenerator", "load_clip", "load_encoder", "load_generator"]
+__all__ = ["LoadedEncoder", "LoadedGenerator", "load_clip", "load_encoder", "load_generator", "restyle_iterations"]
 
 
 def _as_tensor(x: Tensor | np.ndarray) -> tuple[Tensor, bool]:
@@ -125,12 +126,22 @@ def load_generator(path: str | os.PathLike) -> LoadedGenerator:
 
 
 def load_encoder(path: str | os.PathLike) -> LoadedEncoder:
-    """The encoder of an e4e/pSp checkpoint or a project encoder safetensors (demo-encoder)."""
-    from engines.checkpoints import ENCODER_ARCHITECTURES, load_checkpoint
+    """The encoder of an e4e/pSp checkpoint or a project encoder safetensors (demo-encoder). A ReStyle
+    pSp / e4e checkpoint gives an engines.restyle.RestyleEncoder: `encode` takes the 6-channel input
+    and returns the raw residual codes; `restyle_iterations` runs the whole inversion."""
+    from engines.checkpoints import ENCODER_ARCHITECTURES, RESTYLE_ARCHITECTURES, load_checkpoint
 
     ckpt = load_checkpoint(path)
     if ckpt.architecture not in ENCODER_ARCHITECTURES:
         raise CheckpointError(f"{path}: holds a {ckpt.architecture} network, not an encoder")
+    if ckpt.architecture in RESTYLE_ARCHITECTURES:
+        from engines.restyle import RestyleEncoder
+
+        if ckpt.latent_avg is None:
+            raise CheckpointError(f"{path}: a ReStyle checkpoint without 'latent_avg'; its first step starts "
+                                  "from it, so the file is incomplete")
+        return RestyleEncoder(ckpt.module, ckpt.latent_avg, ckpt.architecture, ckpt, ckpt.decoder,
+                              int(ckpt.config.get("restyle_iterations", 5)))
     use_avg = ckpt.config.get("start_from_latent_avg", True)
     input_size = int(getattr(ckpt.module, "input_size", 256))
     return LoadedEncoder(ckpt.module, ckpt.latent_avg if use_avg else None, input_size, ckpt.architecture, ckpt)
@@ -142,3 +153,11 @@ def load_clip(path: str | os.PathLike, activation: Activation | None = None) -> 
     from engines.clip_checkpoints import load_clip as _load_clip
 
     return _load_clip(path, activation)
+
+
+def restyle_iterations(encoder: RestyleEncoder, generator: LoadedGenerator | nn.Module,
+                       image: Tensor | np.ndarray, n: int | None = None, **kwargs: Any) -> Any:
+    """ReStyle's inversion: codes after each of `n` steps, Tensor [n, N, num_ws, 512]; see engines/restyle.py."""
+    from engines.restyle import restyle_iterations as _restyle_iterations
+
+    return _restyle_iterations(encoder, generator, image, n, **kwargs)
