@@ -96,6 +96,7 @@ class LoadedEncoder:
         self.module = module.eval()
         self.latent_avg = latent_avg
         self.input_size = input_size
+        self.input_nc = 3  # image channels `module` reads (ReStyle's: 6)
         self.architecture = architecture
         self.checkpoint = checkpoint
 

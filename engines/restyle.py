@@ -103,7 +103,8 @@ class RestyleEncoder(LoadedEncoder):
         if self._average is None or self._average[0] is not synthesis:
             if synthesis.num_ws != self.num_ws:
                 raise UserError(f"the ReStyle encoder predicts {self.num_ws} styles but the generator takes "
-                                f"{synthesis.num_ws}; use the generator it was trained with (its own decoder)")
+                                f"{synthesis.num_ws}; use the generator it was trained with (its own decoder: "
+                                "give the ReStyle file as --generator too)")
             with torch.inference_mode():
                 image = pool_to(synthesis(self.latent_avg[None]), self.input_size)
             self._average = (synthesis, image)

@@ -158,3 +158,31 @@ def test_pipeline_encoder_is_the_whole_inversion_and_exports(tmp_path: Path) -> 
     other = Generator(**small_generator_config(32, width=16, style_dim=512))
     with pytest.raises(UserError, match="predicts 10 styles but the generator takes 8"):
         engines.restyle_iterations(encoder, other, image, 1)
+
+
+# ------------------------------------------------------------------------------------------- pipeline
+def test_session_runs_a_restyle_encoder_for_the_configured_steps(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The pipeline's GAN path with a ReStyle encoder: the tiny 6-channel network above stands in for the
+    1 GB IR-SE-50 file (too slow to run per frame here); loading such files is tested above."""
+    from stream.config import ModelConfig
+    from stream.session import EditNetworks
+    from tests.random_pack import make_random_pack
+    from tests.test_session import ScriptedTracker, face
+
+    pack = make_random_pack(tmp_path / "pack").root
+    torch.manual_seed(1)
+    tiny = _TinyEncoder(num_ws=8).eval()
+    calls: list[int] = []
+    tiny.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[1]))
+    restyle = RestyleEncoder(tiny, torch.zeros(512), "restyle-e4e", None, None, iterations=5)
+    monkeypatch.setattr(engines, "load_encoder", lambda path: restyle)
+    frame = np.random.default_rng(1).integers(0, 256, size=(160, 240, 3), dtype=np.uint8)
+    networks = EditNetworks(ModelConfig(pack=pack, path="gan", backend="torch", gate=False, restyle_iterations=3))
+    session = networks.session(ScriptedTracker([face(120, 80, 40, track_id=0)]), faces="all", smoother=None)
+    session.set_edits([("smile", 1.0)])
+    calls.clear()
+    out = session.process(frame, 0.0)
+    assert calls == [6, 6, 6]  # three steps per face, each on [target, previous]
+    assert out.shape == frame.shape and not np.array_equal(out, frame)
+    with pytest.raises(UserError, match="--restyle-iterations 0: choose 1 to 20"):
+        ModelConfig(pack=pack, restyle_iterations=0)

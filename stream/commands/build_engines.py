@@ -68,7 +68,8 @@ def load_networks(args: argparse.Namespace) -> list[Network]:
     if "encoder" in wanted:
         encoder = load_encoder(args.encoder or pack.encoder)  # type: ignore[union-attr]
         size = encoder.input_size
-        networks.append(Network("encoder", encoder.module, "image", (3, size, size), "codes"))
+        # ReStyle's encoder reads 6 channels (the target and the previous reconstruction)
+        networks.append(Network("encoder", encoder.module, "image", (encoder.input_nc, size, size), "codes"))
     if "students" in wanted and pack is not None:
         for edit in sorted(pack.students):
             size = pack.crop_size
