@@ -19,8 +19,8 @@ if TYPE_CHECKING:
 
     from engines.checkpoints import Checkpoint
     from engines.nets.clip import Activation, ClipModel
-    from engines.restyle import RestyleEncoder
     from engines.nets.stylegan2 import ExportSafeSynthesis, Generator
+    from engines.restyle import RestyleEncoder
 
 __all__ = ["LoadedEncoder", "LoadedGenerator", "load_clip", "load_encoder", "load_generator", "restyle_iterations"]
 

@@ -86,7 +86,7 @@ def read_clip_weights(path: Path) -> tuple[dict[str, Tensor], Activation | None,
     if any(k.startswith(("text_model.", "vision_model.")) for k in raw):
         hint, norm = _transformers_sidecars(path)
         return _from_transformers(path, raw), hint, norm, f"transformers {source}"
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in raw.items()}
+    state = {k.removeprefix("module."): v for k, v in raw.items()}
     if source == "torchscript":
         state = {k: v for k, v in state.items() if k not in _ARCHIVE_EXTRAS and not k.endswith(".attn_mask")}
         return state, "quickgelu", (OPENAI_MEAN, OPENAI_STD), "OpenAI TorchScript archive"

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import html
+import itertools
 from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
@@ -47,7 +48,7 @@ def _vocabulary_order() -> list[int]:
     return sorted(range(256), key=lambda b: (ord(symbols[b]) >= 256, ord(symbols[b])))
 
 
-def _import_text_libs():  # noqa: ANN202 - returns two modules
+def _import_text_libs():
     try:
         import ftfy
         import regex
@@ -91,7 +92,7 @@ class ClipTokenizer:
             return self._cache[piece]
         word = [*piece[:-1], piece[-1] + _WORD_END]
         while len(word) > 1:
-            pairs = {(a, b) for a, b in zip(word, word[1:])}
+            pairs = {(a, b) for a, b in itertools.pairwise(word)}
             best = min(pairs, key=lambda p: self.ranks.get(p, float("inf")))
             if best not in self.ranks:
                 break
