@@ -126,3 +126,100 @@ def test_command_errors_are_one_line(tmp_path: Path, clip_file: Path, pack: Path
     assert main(base[:3] + ["--clip", str(tmp_path / "bare.safetensors"), "--pack", str(pack), "--out", str(tmp_path)]) == 2
     assert "--clip-activation on the command line" in capsys.readouterr().err
     assert TINY["image_size"] == 32  # the independent scoring above resizes to this
+
+
+# ------------------------------------------------------------------------ StyleCLIP global directions
+def test_style_space_synthesis_draws_the_same_image_and_exports(tmp_path: Path, pack: Path) -> None:
+    import onnxruntime as ort
+
+    from engines.export import export_onnx
+    from engines.nets.stylegan2 import StyleSpaceSynthesis
+
+    generator = engines.load_generator(pack / "generator.safetensors")
+    synthesis = generator.export_safe()
+    wplus = torch.randn(2, generator.num_ws, 512)
+    with torch.inference_mode():
+        styles = synthesis.styles(wplus)
+        flat = torch.cat(styles, dim=1)
+        module = StyleSpaceSynthesis(synthesis)
+        image = module(flat)
+        assert torch.allclose(image, generator.module.synthesis(wplus), atol=1e-4)  # the training-style form
+        moved = flat.clone()
+        moved[:, 5] += 3.0  # one channel of conv1
+        assert (module(moved) - image).abs().max() > 1e-3
+    onnx = export_onnx(module, {"styles": flat}, tmp_path / "styles.onnx", output_names=("image",))
+    got = ort.InferenceSession(str(onnx), providers=["CPUExecutionProvider"]).run(None, {"styles": flat.numpy()})[0]
+    assert np.abs(got - image.numpy()).max() < 1e-4
+
+
+def test_style_change_reaches_every_conv_style_exactly_through_wplus(pack: Path) -> None:
+    from stream.edits.global_directions import StyleRelevance, conv_style_layers, style_change_to_wplus
+
+    generator = engines.load_generator(pack / "generator.safetensors")
+    synthesis = generator.export_safe()
+    rows = [(layer, c) for layer, width in conv_style_layers(synthesis) for c in range(width)]
+    relevance = StyleRelevance(np.zeros((len(rows), 32), np.float32), np.ones(len(rows), np.float32),
+                               np.array(rows), 1, 5.0)
+    change = np.random.default_rng(0).standard_normal(len(rows)).astype(np.float32)
+    change[np.random.default_rng(1).random(len(rows)) < 0.7] = 0  # sparse, as after the beta threshold
+    dw, rgb = style_change_to_wplus(generator, relevance, change)
+    w = torch.randn(1, generator.num_ws, 512)
+    with torch.inference_mode():
+        before, after = synthesis.styles(w), synthesis.styles(w + torch.from_numpy(dw))
+    layers = synthesis.style_layers()
+    got = np.concatenate([(after[i] - before[i])[0].numpy() for i, (_, _, is_rgb) in enumerate(layers) if not is_rgb])
+    np.testing.assert_allclose(got, change, atol=1e-4)
+    rgb_moved = np.concatenate([(after[i] - before[i])[0].numpy() for i, (_, _, is_rgb) in enumerate(layers) if is_rgb])
+    assert rgb == pytest.approx(np.linalg.norm(rgb_moved) / np.linalg.norm(change), rel=1e-3)
+
+
+def test_relevance_follows_its_definition_and_beta_picks_channels(clip_file: Path, pack: Path) -> None:
+    from stream.edits.global_directions import compute_relevance, sample_styles, style_change
+
+    model = engines.load_clip(clip_file)
+    generator = engines.load_generator(pack / "generator.safetensors")
+    relevance = compute_relevance(model, generator, samples=2, alpha=5.0, std_samples=200)
+    assert relevance.delta_i.shape == (len(relevance.channels), 32)
+    np.testing.assert_allclose(np.linalg.norm(relevance.delta_i, axis=1), 1.0, atol=1e-5)
+    # one channel, measured here: the faces' styles moved by -+5 std, unit CLIP feature differences averaged
+    row = 40
+    layer, c = (int(v) for v in relevance.channels[row])
+    synthesis = generator.export_safe()
+    with torch.inference_mode():
+        base = sample_styles(generator, 2, seed=0)
+        std = sample_styles(generator, 200, seed=1)[layer][:, c].std()
+        assert relevance.std[row] == pytest.approx(float(std), rel=1e-5)
+        feats = []
+        for sign in (-1, 1):
+            styles = [s.clone() for s in base]
+            styles[layer][:, c] += sign * 5.0 * std
+            feats.append(F.normalize(model.encode_image(model.preprocess_generated(synthesis.from_styles(styles))), dim=-1))
+        expect = F.normalize(F.normalize(feats[1] - feats[0], dim=-1).mean(0), dim=0)
+    np.testing.assert_allclose(relevance.delta_i[row], expect.numpy(), atol=1e-4)
+
+    delta_t = relevance.delta_i[row] + 0.01  # a text direction close to that channel's
+    change = style_change(relevance, delta_t, beta=0.5)
+    r = relevance.delta_i @ (delta_t / np.linalg.norm(delta_t))
+    assert np.array_equal(change != 0, np.abs(r) >= 0.5) and change[row] != 0
+    assert np.abs(change / relevance.std).max() == pytest.approx(1.0)
+    with pytest.raises(UserError, match="no style channel reaches relevance 1.5"):
+        style_change(relevance, delta_t, beta=1.5)
+
+
+def test_global_method_writes_a_direction_and_caches_the_relevance(tmp_path: Path, clip_file: Path, pack: Path) -> None:
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    args = ["directions", "text", "a smiling face", "--method", "global", "--clip", str(clip_file), "--pack", str(pack),
+            "--relevance-samples", "1", "--beta", "0.05", "--cache", str(cache), "--out", str(out)]
+    assert main(args) == 0
+    cached = list(cache.glob("style_relevance_*.safetensors"))
+    assert len(cached) == 1
+    first = load_directions(out / "directions.safetensors")["smiling_face"]
+    assert first.metadata["method"] == "styleclip-global" and first.metadata["channels"] > 0
+    assert first.default_strength == 3.0 and first.layers
+    stamp = cached[0].stat().st_mtime_ns
+    assert main(args + ["--name", "again"]) == 0  # measured once: the second run reads the cache
+    assert cached[0].stat().st_mtime_ns == stamp and len(list(cache.iterdir())) == 1
+    again = load_directions(out / "directions.safetensors")["again"]
+    np.testing.assert_array_equal(again.vector, first.vector)
+    generator = engines.load_generator(pack / "generator.safetensors")
+    assert "again" in load_direction_set([out / "directions.safetensors"], generator.num_ws, generator.style_dim)

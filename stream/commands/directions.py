@@ -55,8 +55,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _add_text_arguments(sub) -> None:
     text = sub.add_parser("text", help="a direction from a text prompt: CLIP scores faces against the target and "
-                                       "neutral texts (mean difference of the top and bottom scorers)")
+                                       "neutral texts (mean difference of the top and bottom scorers), or "
+                                       "StyleCLIP's global direction in style space")
     text.add_argument("prompt", help='the target, e.g. "a smiling face"')
+    text.add_argument("--method", choices=("mean-difference", "global"), default="mean-difference",
+                      help="mean-difference (default) or global: StyleCLIP global directions (style channels "
+                           "picked by CLIP relevance, measured once per generator and cached)")
     text.add_argument("--neutral", default="a face", help='what the target is contrasted with (default "a face")')
     text.add_argument("--clip", type=Path, required=True, metavar="PATH",
                       help="CLIP weights: open_clip .safetensors/.bin or folder, transformers CLIPModel folder, "
@@ -77,6 +81,15 @@ def _add_text_arguments(sub) -> None:
     text.add_argument("--name", help="direction name (default: from the prompt, e.g. smiling_face)")
     text.add_argument("--truncation", type=float, default=0.7, help="truncation psi of the samples (default 0.7)")
     text.add_argument("--seed", type=int, default=0)
+    text.add_argument("--beta", type=float, default=None,
+                      help="global: relevance threshold picking the style channels (default 0.1)")
+    text.add_argument("--strength", type=float, default=None,
+                      help="global: the direction's strength 1 in StyleCLIP's alpha, standard deviations of "
+                           "the most relevant channel (default 3)")
+    text.add_argument("--relevance-samples", type=int, default=None,
+                      help="global: faces per style channel when measuring relevance (default 4 on the CPU)")
+    text.add_argument("--cache", type=Path, metavar="DIR",
+                      help="global: where the relevance is kept (default: the user cache)")
     text.add_argument("--out", type=Path, required=True, metavar="DIR",
                       help="folder for directions.safetensors (added to when it exists), or a .safetensors file")
     text.set_defaults(run_action=_text)
@@ -190,6 +203,11 @@ def _text(args: argparse.Namespace) -> int:
         generator_path = load_pack(args.pack or DEFAULT_PACK).generator
     generator = load_generator(generator_path)
     clip = load_clip(args.clip, args.clip_activation)
+    if args.method == "global":
+        direction = _global_direction(args, clip, generator)
+        _print_direction(direction)
+        _save(_text_output(args.out), [direction])
+        return 0
     parts, groups = [], []
     for index, path in enumerate(args.codes):
         try:
@@ -218,3 +236,20 @@ def _text(args: argparse.Namespace) -> int:
     _print_direction(direction)
     _save(_text_output(args.out), [direction])
     return 0
+
+
+def _global_direction(args: argparse.Namespace, clip, generator):
+    from tqdm import tqdm
+
+    from engines.cache import default_cache_dir
+    from stream.edits import global_directions as gd
+
+    samples = args.relevance_samples or gd.DEFAULT_SAMPLES
+    channels = sum(width for _, width in gd.conv_style_layers(generator.export_safe()))
+    cache = args.cache or default_cache_dir() / "style_relevance"
+    with tqdm(total=channels, unit="channel", desc=f"style relevance ({samples} faces each)",
+              dynamic_ncols=True) as bar:
+        relevance = gd.cached_relevance(clip, generator, cache, samples, seed=args.seed, progress=bar.update)
+    return gd.global_direction(clip, generator, relevance, args.prompt, args.neutral,
+                               beta=gd.DEFAULT_BETA if args.beta is None else args.beta,
+                               strength=3.0 if args.strength is None else args.strength, name=args.name)
