@@ -51,7 +51,8 @@ def load_clip(path: str | os.PathLike, activation: Activation | None = None) -> 
     path = Path(path)
     if activation is not None and activation not in ACTIVATIONS:
         raise CheckpointError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {activation!r}")
-    state, hint, norm, source = read_clip_weights(path)
+    state, hints, source = read_clip_weights(path)
+    hint = hints.get("activation")
     if activation is None:
         if hint is None:
             raise CheckpointError(
@@ -61,15 +62,16 @@ def load_clip(path: str | os.PathLike, activation: Activation | None = None) -> 
         activation = hint
     elif hint is not None and hint != activation:
         log.warning("%s: the file says %s, using %s as asked", path, hint, activation)
-    config = clip_config(path, state, activation, *norm)
+    config = clip_config(path, state, activation, hints)
     model = _build(path, config, state)
     log.debug("loaded CLIP from %s (%s, %s)", path, source, activation)
     return model
 
 
 # ------------------------------------------------------------------------------------- files and folders
-def read_clip_weights(path: Path) -> tuple[dict[str, Tensor], Activation | None, tuple[Any, Any], str]:
-    """(open_clip-keyed float32 state dict, activation the file states or None, (mean, std), format name)."""
+def read_clip_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], str]:
+    """(open_clip-keyed float32 state dict, what the files beside it state, format name). The hints may
+    hold `activation`, `mean` / `std` (image normalisation) and `vision_heads` / `text_heads`."""
     if path.is_dir():
         for name in OPEN_CLIP_FILES:
             if (path / name).is_file():
@@ -84,14 +86,12 @@ def read_clip_weights(path: Path) -> tuple[dict[str, Tensor], Activation | None,
                               "folder, or OpenAI's ViT-*.pt")
     raw, source = _read_tensors(path)
     if any(k.startswith(("text_model.", "vision_model.")) for k in raw):
-        hint, norm = _transformers_sidecars(path)
-        return _from_transformers(path, raw), hint, norm, f"transformers {source}"
+        return _from_transformers(path, raw), _transformers_sidecars(path), f"transformers {source}"
     state = {k.removeprefix("module."): v for k, v in raw.items()}
     if source == "torchscript":
         state = {k: v for k, v in state.items() if k not in _ARCHIVE_EXTRAS and not k.endswith(".attn_mask")}
-        return state, "quickgelu", (OPENAI_MEAN, OPENAI_STD), "OpenAI TorchScript archive"
-    hint, norm = _open_clip_sidecar(path)
-    return state, hint, norm, f"open_clip {source}"
+        return state, {"activation": "quickgelu"}, "OpenAI TorchScript archive"
+    return state, _open_clip_sidecar(path), f"open_clip {source}"
 
 
 def _read_tensors(path: Path) -> tuple[dict[str, Tensor], str]:
@@ -133,33 +133,62 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _open_clip_sidecar(path: Path) -> tuple[Activation | None, tuple[Any, Any]]:
-    """Activation and normalisation from `open_clip_config.json` beside the weights, when there is one."""
+# open_clip tower options that change the network this project builds (value when off)
+_OPEN_CLIP_UNSUPPORTED = {
+    "vision_cfg": {"attentional_pool": False, "no_ln_pre": False, "final_ln_after_pool": False,
+                   "ls_init_value": None, "pool_type": "tok", "timm_model_name": None},
+    "text_cfg": {"pool_type": "argmax", "proj_bias": False, "no_causal_mask": False, "ls_init_value": None,
+                 "hf_model_name": None, "final_ln_after_pool": False},
+}
+
+
+def _open_clip_sidecar(path: Path) -> dict[str, Any]:
+    """Hints from `open_clip_config.json` beside the weights, when there is one: the activation
+    (`quick_gelu`, absent means GELU), heads, normalisation. Options that change the network refused."""
     config_file = path.parent / "open_clip_config.json"
     if not config_file.is_file():
-        return None, (OPENAI_MEAN, OPENAI_STD)
+        return {}
     config = _read_json(config_file)
     model_cfg = config.get("model_cfg") or {}
+    towers = {name: model_cfg.get(name) or {} for name in _OPEN_CLIP_UNSUPPORTED}
+    unsupported = [f"{name}.{key}={towers[name][key]!r}" for name, options in _OPEN_CLIP_UNSUPPORTED.items()
+                   for key, off in options.items() if towers[name].get(key, off) not in (off, None, False)]
+    if unsupported:
+        raise CheckpointError(f"{config_file}: {', '.join(unsupported)} builds a CLIP this project does not have; "
+                              "only plain ViT CLIP models (class-token and end-token pooling) are supported")
+    hints: dict[str, Any] = {"activation": "quickgelu" if model_cfg.get("quick_gelu") else "gelu"}
+    vision, text = towers["vision_cfg"], towers["text_cfg"]
+    if vision.get("width") and vision.get("head_width"):
+        hints["vision_heads"] = int(vision["width"]) // int(vision["head_width"])
+    if text.get("heads"):
+        hints["text_heads"] = int(text["heads"])
     pre = config.get("preprocess_cfg") or {}
-    activation: Activation = "quickgelu" if model_cfg.get("quick_gelu") else "gelu"
-    return activation, (pre.get("mean", OPENAI_MEAN), pre.get("std", OPENAI_STD))
+    hints.update({key: pre[key] for key in ("mean", "std") if key in pre})
+    return hints
 
 
-def _transformers_sidecars(path: Path) -> tuple[Activation | None, tuple[Any, Any]]:
-    """Activation from transformers' `config.json` (its default, when a tower omits it, is quick_gelu)
-    and normalisation from `preprocessor_config.json`."""
+def _transformers_sidecars(path: Path) -> dict[str, Any]:
+    """Hints from transformers' `config.json` (activation: its default, when a tower omits it, is
+    quick_gelu; heads) and `preprocessor_config.json` (normalisation)."""
     config_file, pre_file = path.parent / "config.json", path.parent / "preprocessor_config.json"
-    pre = _read_json(pre_file) if pre_file.is_file() else {}
-    norm = (pre.get("image_mean", OPENAI_MEAN), pre.get("image_std", OPENAI_STD))
+    hints: dict[str, Any] = {}
+    if pre_file.is_file():
+        pre = _read_json(pre_file)
+        hints.update({key: pre[f"image_{key}"] for key in ("mean", "std") if f"image_{key}" in pre})
     if not config_file.is_file():
-        return None, norm
+        return hints
     config = _read_json(config_file)
-    acts = {(config.get(part) or {}).get("hidden_act", "quick_gelu") for part in ("text_config", "vision_config")}
+    towers = {part: config.get(f"{part}_config") or {} for part in ("vision", "text")}
+    acts = {tower.get("hidden_act", "quick_gelu") for tower in towers.values()}
     names = {"quick_gelu": "quickgelu", "gelu": "gelu"}
     if len(acts) != 1 or next(iter(acts)) not in names:
         raise CheckpointError(f"{config_file}: hidden_act {sorted(acts)} is not supported; this project's CLIP "
                               "uses one activation, quick_gelu or gelu, in both towers")
-    return names[acts.pop()], norm  # type: ignore[return-value]
+    hints["activation"] = names[acts.pop()]
+    for part, tower in towers.items():
+        if tower.get("num_attention_heads"):
+            hints[f"{part}_heads"] = int(tower["num_attention_heads"])
+    return hints
 
 
 # ------------------------------------------------------------------------------------ transformers keys
@@ -221,9 +250,11 @@ def _from_transformers(path: Path, sd: Mapping[str, Tensor]) -> dict[str, Tensor
 
 
 # ------------------------------------------------------------------------------- architecture from shapes
-def clip_config(path: Path, sd: Mapping[str, Tensor], activation: Activation, mean: Any = OPENAI_MEAN,
-                std: Any = OPENAI_STD) -> dict[str, Any]:
-    """ClipModel kwargs read off an open_clip state dict's shapes."""
+def clip_config(path: Path, sd: Mapping[str, Tensor], activation: Activation,
+                hints: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """ClipModel kwargs read off an open_clip state dict's shapes; heads and normalisation from `hints`
+    (what the files beside the weights say), else 64-wide heads and OpenAI's mean and std."""
+    hints = hints or {}
     if any(k.startswith("visual.layer1.") for k in sd):
         raise CheckpointError(f"{path}: a CLIP with a ResNet image tower (RN50, RN101, ...); only ViT CLIP "
                               "models are supported")
@@ -239,7 +270,8 @@ def clip_config(path: Path, sd: Mapping[str, Tensor], activation: Activation, me
             "vocab_size": int(sd["token_embedding.weight"].shape[0]),
             "text_width": int(sd["ln_final.weight"].shape[0]), "text_layers": _count_layers(sd, "transformer"),
             "text_mlp_width": int(sd["transformer.resblocks.0.mlp.c_fc.weight"].shape[0]),
-            "activation": activation, "mean": [float(v) for v in mean], "std": [float(v) for v in std]}
+            "activation": activation, "mean": [float(v) for v in hints.get("mean", OPENAI_MEAN)],
+            "std": [float(v) for v in hints.get("std", OPENAI_STD)]}
     except (KeyError, IndexError, AttributeError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: not an open_clip / OpenAI ViT CLIP state dict (missing or malformed "
                               f"{_first_line(err)})") from None
@@ -247,9 +279,12 @@ def clip_config(path: Path, sd: Mapping[str, Tensor], activation: Activation, me
         raise CheckpointError(f"{path}: a text vocabulary of {config['vocab_size']} tokens; this project's "
                               f"tokenizer is CLIP's {TOKENIZER_VOCAB}-token BPE")
     for tower in ("vision", "text"):
-        if config[f"{tower}_width"] % HEAD_WIDTH:
-            raise CheckpointError(f"{path}: {tower} width {config[f'{tower}_width']} is not a multiple of the "
-                                  f"{HEAD_WIDTH}-wide attention heads CLIP uses")
+        width = config[f"{tower}_width"]
+        heads = int(hints.get(f"{tower}_heads") or width // HEAD_WIDTH)
+        if heads < 1 or width % heads or (f"{tower}_heads" not in hints and width % HEAD_WIDTH):
+            raise CheckpointError(f"{path}: {tower} width {width} does not split into {heads} attention heads; "
+                                  "put the model's open_clip_config.json (or config.json) beside the weights")
+        config[f"{tower}_heads"] = heads
     return config
 
 

@@ -292,3 +292,34 @@ def test_malicious_torchscript_archive_is_refused_without_running(tmp_path: Path
     with pytest.raises(CheckpointError, match="refused"):
         engines.load_clip(swapped)
     assert not marker.exists()
+
+
+def test_heads_and_options_from_the_config_beside_the_weights(tmp_path: Path) -> None:
+    state = _tiny_state()
+    image = torch.randn(1, 3, 32, 32)
+    (tmp_path / "oc").mkdir()
+    save_file(state, str(tmp_path / "oc" / "open_clip_model.safetensors"))
+    config = {"model_cfg": {"quick_gelu": True, "vision_cfg": {"width": 64, "head_width": 16},
+                            "text_cfg": {"width": 64, "heads": 2}},
+              "preprocess_cfg": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+    (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps(config))
+    model = engines.load_clip(tmp_path / "oc")
+    assert (model.config["vision_heads"], model.config["text_heads"]) == (4, 2)
+    assert model.config["mean"] == [0.5] * 3 and model.config["std"] == [0.25] * 3
+    expect = _features(_direct(state, "quickgelu", vision_heads=4, text_heads=2), image, ["a face"])
+    plain = _features(_direct(state, "quickgelu"), image, ["a face"])  # 64-wide heads: one head each
+    for got, want, other in zip(_features(model, image, ["a face"]), expect, plain):
+        assert relative_l2(got, want) < 1e-6 and relative_l2(other, want) > 1e-3
+
+    config["model_cfg"]["text_cfg"]["pool_type"] = "last"
+    (tmp_path / "oc" / "open_clip_config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=r"text_cfg.pool_type='last' builds a CLIP this project does not have"):
+        engines.load_clip(tmp_path / "oc")
+
+    (tmp_path / "hf").mkdir()
+    save_file(_to_transformers(state), str(tmp_path / "hf" / "model.safetensors"))
+    (tmp_path / "hf" / "config.json").write_text(json.dumps({
+        "text_config": {"hidden_act": "gelu", "num_attention_heads": 2},
+        "vision_config": {"hidden_act": "gelu", "num_attention_heads": 4}}))
+    hf = engines.load_clip(tmp_path / "hf")
+    assert (hf.config["activation"], hf.config["vision_heads"], hf.config["text_heads"]) == ("gelu", 4, 2)

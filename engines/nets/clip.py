@@ -6,7 +6,7 @@
 other formats onto it.
 
 Both towers are stacks of the same pre-norm block: `x + attn(ln_1(x))`, then `x + mlp(ln_2(x))`, LayerNorm
-eps 1e-5, attention heads 64 wide with q, k and v packed in one `in_proj_weight` [3W, W] (torch's
+eps 1e-5, multi-head attention (heads 64 wide in nearly every model) with q, k and v packed in one `in_proj_weight` [3W, W] (torch's
 MultiheadAttention layout). The MLP activation is the one thing the weights cannot tell: OpenAI's
 weights need QuickGELU (`x * sigmoid(1.702 x)`), most later open_clip weights exact GELU.
 
@@ -30,7 +30,7 @@ from torch.nn import functional as F
 
 Activation = Literal["quickgelu", "gelu"]
 ACTIVATIONS: tuple[Activation, ...] = ("quickgelu", "gelu")
-HEAD_WIDTH = 64  # every OpenAI and open_clip ViT CLIP uses 64-wide heads; the weights do not record it
+HEAD_WIDTH = 64  # nearly every OpenAI and open_clip ViT uses 64-wide heads; the weights do not record it
 # OpenAI's image normalisation (open_clip's OPENAI_DATASET_MEAN / _STD), RGB
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -84,10 +84,11 @@ class ResidualBlock(nn.Module):
 
 
 class Transformer(nn.Module):
-    def __init__(self, width: int, layers: int, mlp_width: int, activation: Activation) -> None:
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int, activation: Activation) -> None:
         super().__init__()
-        self.resblocks = nn.ModuleList(
-            ResidualBlock(width, width // HEAD_WIDTH, mlp_width, activation) for _ in range(layers))
+        if width % heads:
+            raise ValueError(f"width {width} is not a multiple of {heads} heads")
+        self.resblocks = nn.ModuleList(ResidualBlock(width, heads, mlp_width, activation) for _ in range(layers))
 
     def forward(self, x: Tensor, causal: bool = False) -> Tensor:
         for block in self.resblocks:
@@ -98,7 +99,7 @@ class Transformer(nn.Module):
 class VisionTransformer(nn.Module):
     """images [N, 3, S, S] (normalised) -> image features [N, embed_dim]."""
 
-    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, mlp_width: int,
+    def __init__(self, image_size: int, patch_size: int, width: int, layers: int, heads: int, mlp_width: int,
                  embed_dim: int, activation: Activation) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -110,7 +111,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn(grid * grid + 1, width))
         self.ln_pre = nn.LayerNorm(width, eps=1e-5)
-        self.transformer = Transformer(width, layers, mlp_width, activation)
+        self.transformer = Transformer(width, layers, heads, mlp_width, activation)
         self.ln_post = nn.LayerNorm(width, eps=1e-5)
         self.proj = nn.Parameter(scale * torch.randn(width, embed_dim))
 
@@ -123,7 +124,8 @@ class VisionTransformer(nn.Module):
 
 
 class ClipModel(nn.Module):
-    """CLIP with a ViT image tower. All arguments are keyword-only and JSON-friendly (`self.config`).
+    """CLIP with a ViT image tower. All arguments are keyword-only and JSON-friendly (`self.config`);
+    heads default to 64-wide ones.
 
     `tokenize(texts) -> LongTensor [N, context_length]`, `encode_text(tokens) -> [N, embed_dim]`,
     `encode_image(images) -> [N, embed_dim]` (images at `image_size`, normalised with `mean` / `std`:
@@ -131,21 +133,25 @@ class ClipModel(nn.Module):
 
     def __init__(self, *, embed_dim: int = 512, image_size: int = 224, patch_size: int = 32,
                  vision_width: int = 768, vision_layers: int = 12, vision_mlp_width: int = 3072,
-                 context_length: int = 77, vocab_size: int = 49408, text_width: int = 512, text_layers: int = 12,
-                 text_mlp_width: int = 2048, activation: Activation = "quickgelu",
+                 vision_heads: int | None = None, context_length: int = 77, vocab_size: int = 49408,
+                 text_width: int = 512, text_layers: int = 12, text_mlp_width: int = 2048,
+                 text_heads: int | None = None, activation: Activation = "quickgelu",
                  mean: Sequence[float] = OPENAI_MEAN, std: Sequence[float] = OPENAI_STD) -> None:
         super().__init__()
+        vision_heads = vision_heads or vision_width // HEAD_WIDTH
+        text_heads = text_heads or text_width // HEAD_WIDTH
         self.config = {"embed_dim": embed_dim, "image_size": image_size, "patch_size": patch_size,
                        "vision_width": vision_width, "vision_layers": vision_layers,
-                       "vision_mlp_width": vision_mlp_width, "context_length": context_length,
-                       "vocab_size": vocab_size, "text_width": text_width, "text_layers": text_layers,
-                       "text_mlp_width": text_mlp_width, "activation": activation,
+                       "vision_mlp_width": vision_mlp_width, "vision_heads": vision_heads,
+                       "context_length": context_length, "vocab_size": vocab_size, "text_width": text_width,
+                       "text_layers": text_layers, "text_mlp_width": text_mlp_width, "text_heads": text_heads,
+                       "activation": activation,
                        "mean": list(mean), "std": list(std)}
-        self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_layers, vision_mlp_width,
-                                        embed_dim, activation)
+        self.visual = VisionTransformer(image_size, patch_size, vision_width, vision_layers, vision_heads,
+                                        vision_mlp_width, embed_dim, activation)
         self.token_embedding = nn.Embedding(vocab_size, text_width)
         self.positional_embedding = nn.Parameter(0.01 * torch.randn(context_length, text_width))
-        self.transformer = Transformer(text_width, text_layers, text_mlp_width, activation)
+        self.transformer = Transformer(text_width, text_layers, text_heads, text_mlp_width, activation)
         self.ln_final = nn.LayerNorm(text_width, eps=1e-5)
         self.text_projection = nn.Parameter(text_width ** -0.5 * torch.randn(text_width, embed_dim))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
