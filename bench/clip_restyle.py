@@ -91,7 +91,7 @@ def restyle_rows(runs: int) -> list[tuple[str, str, float, float]]:
         rows.append(("ReStyle encoder (IR-SE-50, 6 channels)", "1x6x256x256", *timed(lambda: encoder(x6), runs)))
         rows.append(("StyleGAN2 1024 synthesis + 4x4 pool", "1x18x512",
                      *timed(lambda: pool_to(synthesis(codes), 256), runs)))
-    step = ("one ReStyle step (encoder + generator)", "1 face", rows[1][2] + rows[2][2], rows[1][3] + rows[2][3])
+    step = ("one ReStyle step (sum of the two rows above)", "1 face", rows[1][2] + rows[2][2], rows[1][3] + rows[2][3])
     return [*rows, step]
 
 
