@@ -1,7 +1,8 @@
 """Networks and the engines that run them.
 
 Public loaders: `load_generator(path) -> LoadedGenerator`, `load_encoder(path) -> LoadedEncoder`, for
-rosinality .pt, NVlabs .pkl, e4e/pSp .pt and the project's .safetensors (engines/checkpoints.py);
+rosinality .pt, NVlabs .pkl, e4e/pSp/ReStyle .pt and the project's .safetensors (engines/checkpoints.py;
+ReStyle's iterations in engines/restyle.py);
 `load_clip(path, activation=None) -> ClipModel` for open_clip, transformers and OpenAI CLIP weights
 (engines/clip_checkpoints.py).
 torch is imported on first use, so `import engines` (and engines.errors) stays light.

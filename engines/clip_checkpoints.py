@@ -89,7 +89,9 @@ def read_clip_weights(path: Path) -> tuple[dict[str, Tensor], dict[str, Any], st
         return _from_transformers(path, raw), _transformers_sidecars(path), f"transformers {source}"
     state = {k.removeprefix("module."): v for k, v in raw.items()}
     if source == "torchscript":
-        state = {k: v for k, v in state.items() if k not in _ARCHIVE_EXTRAS and not k.endswith(".attn_mask")}
+        # the scalars OpenAI's model carries, and any causal mask kept as a tensor attribute (not a weight)
+        state = {k: v for k, v in state.items()
+                 if k not in _ARCHIVE_EXTRAS and k.rsplit(".", 1)[-1] != "attn_mask"}
         return state, {"activation": "quickgelu"}, "OpenAI TorchScript archive"
     return state, _open_clip_sidecar(path), f"open_clip {source}"
 
