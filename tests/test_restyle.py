@@ -186,3 +186,19 @@ def test_session_runs_a_restyle_encoder_for_the_configured_steps(tmp_path: Path,
     assert out.shape == frame.shape and not np.array_equal(out, frame)
     with pytest.raises(UserError, match="--restyle-iterations 0: choose 1 to 20"):
         ModelConfig(pack=pack, restyle_iterations=0)
+
+
+def test_command_lines_carry_the_step_count(tmp_path: Path) -> None:
+    from stream.cli import build_parser
+    from stream.commands.file import job_config, model_config
+
+    clip = tmp_path / "in.mp4"
+    clip.write_bytes(b"")  # parsing only: job_config does not open the input
+    parser = build_parser()
+    args = parser.parse_args(["file", str(clip), "-o", str(tmp_path / "out.mp4"), "--restyle-iterations", "3"])
+    assert job_config(args).model.restyle_iterations == 3
+    args = parser.parse_args(["file", str(clip), "-o", str(tmp_path / "out.mp4")])
+    assert job_config(args).model.restyle_iterations is None  # the checkpoint's own n_iters_per_batch
+    assert model_config(parser.parse_args(["demo"])).restyle_iterations is None
+    for command in ("serve", "camera"):
+        assert parser.parse_args([command, "--restyle-iterations", "2"]).restyle_iterations == 2

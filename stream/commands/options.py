@@ -43,5 +43,4 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def engine_options(args: argparse.Namespace) -> dict:
     """ModelConfig keywords from add_engine_arguments' options."""
     return {"precision": args.precision, "calibrated": args.calibrated, "crop_size": args.crop_size,
-            "residual_colour": args.residual_colour, "gate": not args.no_gate,
-            "restyle_iterations": args.restyle_iterations}
+            "residual_colour": args.residual_colour, "gate": not args.no_gate}
