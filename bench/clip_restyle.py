@@ -25,7 +25,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stream.report import write_section  # noqa: E402
+from stream.report import write_section
 
 RESULTS = ROOT / "bench" / "RESULTS.md"
 SECTION = "## CLIP and ReStyle (bench/clip_restyle.py)"
@@ -106,13 +106,12 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     clip, per_face = clip_rows(args.runs)
     restyle = [] if args.skip_restyle else restyle_rows(args.restyle_runs)
-    lines = [SECTION, "",
-             f"CPU: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
-             f"{os.getloadavg()[0]:.1f} at the end), {args.threads} PyTorch thread(s); eager float32, random "
-             f"weights at the real shapes; median of {args.runs} runs ({args.restyle_runs} for the full-size "
-             f"ReStyle networks) after a warm-up; torch {torch.__version__}. "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Numbers, never asserted in tests.", "",
-             "| network | input | wall ms | CPU ms |", "| --- | --- | --- | --- |"]
+    machine = (f"CPU: {platform.machine()}, {os.cpu_count()} cores shared with other jobs (load average "
+               f"{os.getloadavg()[0]:.1f} at the end), {args.threads} PyTorch thread(s); eager float32, random "
+               f"weights at the real shapes; median of {args.runs} runs ({args.restyle_runs} for the full-size "
+               f"ReStyle networks) after a warm-up; torch {torch.__version__}. "
+               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}. Numbers, never asserted in tests.")
+    lines = [SECTION, "", machine, "", "| network | input | wall ms | CPU ms |", "| --- | --- | --- | --- |"]
     lines += [f"| {name} | {shape} | {wall:.1f} | {cpu:.1f} |" for name, shape, wall, cpu in clip + restyle]
     lines.append("")
     lines.append(f"A text score costs {per_face:.0f} ms of CPU per face with the demo generator; "
