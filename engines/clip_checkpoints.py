@@ -39,6 +39,10 @@ log = logging.getLogger(__name__)
 OPEN_CLIP_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
 HF_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_VOCAB = 49408  # the vocabulary of engines/data/bpe_simple_vocab_16e6.txt.gz
+# Image towers whose heads are not 64 wide (open_clip's ViT-H, -g, -bigG and -e configs: 80, 88, 104 and
+# 112 wide, 16 heads each); every other public ViT CLIP uses 64-wide heads. A config file beside the
+# weights, when there is one, says it instead.
+_WIDE_HEAD_VISION = {1280: 16, 1408: 16, 1664: 16, 1792: 16}
 # Tensors OpenAI's archives carry beside the weights (open_clip drops them too)
 _ARCHIVE_EXTRAS = {"input_resolution", "context_length", "vocab_size"}
 
@@ -282,8 +286,9 @@ def clip_config(path: Path, sd: Mapping[str, Tensor], activation: Activation,
                               f"tokenizer is CLIP's {TOKENIZER_VOCAB}-token BPE")
     for tower in ("vision", "text"):
         width = config[f"{tower}_width"]
-        heads = int(hints.get(f"{tower}_heads") or width // HEAD_WIDTH)
-        if heads < 1 or width % heads or (f"{tower}_heads" not in hints and width % HEAD_WIDTH):
+        default = _WIDE_HEAD_VISION.get(width) if tower == "vision" else None
+        heads = int(hints.get(f"{tower}_heads") or default or width // HEAD_WIDTH)
+        if heads < 1 or width % heads or (f"{tower}_heads" not in hints and not default and width % HEAD_WIDTH):
             raise CheckpointError(f"{path}: {tower} width {width} does not split into {heads} attention heads; "
                                   "put the model's open_clip_config.json (or config.json) beside the weights")
         config[f"{tower}_heads"] = heads

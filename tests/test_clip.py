@@ -323,3 +323,14 @@ def test_heads_and_options_from_the_config_beside_the_weights(tmp_path: Path) ->
         "vision_config": {"hidden_act": "gelu", "num_attention_heads": 4}}))
     hf = engines.load_clip(tmp_path / "hf")
     assert (hf.config["activation"], hf.config["vision_heads"], hf.config["text_heads"]) == ("gelu", 4, 2)
+
+
+@pytest.mark.parametrize("width,heads", [(768, 12), (1024, 16), (1280, 16), (1664, 16)])
+def test_vision_heads_without_a_config_follow_open_clips_models(width: int, heads: int) -> None:
+    """ViT-B and -L heads are 64 wide; open_clip's ViT-H / bigG ones 80 / 104 wide (16 heads)."""
+    from engines.clip_checkpoints import clip_config
+
+    with torch.device("meta"):
+        model = ClipModel(vision_width=width, vision_layers=1, vision_mlp_width=4 * width, text_layers=1)
+    config = clip_config(Path("weights.safetensors"), model.state_dict(), "gelu")
+    assert (config["vision_heads"], config["text_heads"]) == (heads, 8)
