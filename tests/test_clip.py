@@ -134,6 +134,10 @@ def test_preprocess_matches_reference_normalisation(ref: dict[str, np.ndarray]) 
     model.std = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     x = model.preprocess(torch.from_numpy(ref["image_u8"]))
     assert np.abs(x.numpy() - ref["image"]).max() < 1e-5
+    hwc = ref["image_u8"][0].transpose(1, 2, 0)  # one numpy image, height x width x RGB
+    assert torch.equal(model.preprocess(hwc), x)
+    big = model.preprocess(np.repeat(np.repeat(hwc, 2, axis=0), 3, axis=1))  # 448 x 672: resized, centre crop
+    assert big.shape == (1, 3, 224, 224)
 
 
 def test_state_dict_equals_manifest() -> None:

@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
@@ -186,10 +187,16 @@ class ClipModel(nn.Module):
         """images [N, 3, image_size, image_size], normalised -> image features [N, embed_dim]."""
         return self.visual(images)
 
-    def preprocess(self, images_u8: Tensor) -> Tensor:
-        """uint8 RGB [N, 3, H, W] -> the network's input: the shorter side resized to `image_size`
-        (bicubic, antialiased), the centre cropped square, scaled to [0, 1] and normalised."""
-        x = images_u8.float() / 255.0
+    def preprocess(self, images_u8: Tensor | np.ndarray) -> Tensor:
+        """uint8 RGB, [N, 3, H, W] or [N, H, W, 3] (a tensor or a numpy array; one [H, W, 3] image too) ->
+        the network's input: the shorter side resized to `image_size` (bicubic, antialiased), the centre
+        cropped square, scaled to [0, 1] and normalised."""
+        x = torch.as_tensor(images_u8)
+        if x.ndim == 3:
+            x = x[None]
+        if x.shape[1] != 3 and x.shape[-1] == 3:
+            x = x.permute(0, 3, 1, 2)
+        x = x.float() / 255.0
         h, w = x.shape[-2:]
         size = self.image_size
         if (h, w) != (size, size):
