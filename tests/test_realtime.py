@@ -575,3 +575,22 @@ def test_live_model_takes_the_student_only_when_students_cover_every_edit(random
     assert both.default_edits == (("smile", 1.0), ("age", -0.5)) and set(both.edit_names) == {"smile", "age"}
     assert [r.getMessage() for r in caplog.records if "no student" in r.getMessage()] == [
         f"no student in {random_pack} for age: using the generator (encoder + generator) for every edit"]
+
+
+def test_a_server_fault_is_a_500_logged_once_with_its_traceback(caplog) -> None:
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+
+    def broken() -> Recorder:
+        raise RuntimeError("out of model memory")
+
+    options = ServeOptions(port=0)
+    server = ServerThread(create_app(options, LiveModel(broken, ())), options).start()
+    try:
+        caplog.set_level(logging.INFO)
+        status, body = post(server.url + "offer", json.dumps({"sdp": aiortc_offer_sdp(), "type": "offer"}).encode())
+    finally:
+        server.stop()
+    assert status == 500 and "log" in body["error"]
+    faults = [r for r in caplog.records if r.exc_info]
+    assert len(faults) == 1 and "out of model memory" in str(faults[0].exc_info[1])
+    assert server.registry.pending == 0 and not server.registry.sessions
