@@ -429,21 +429,29 @@ def build_module(architecture: str, config: Mapping[str, Any]) -> nn.Module:
     raise CheckpointError(f"unknown architecture {architecture!r} (known: {', '.join(get_args(Architecture))})")
 
 
-def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, architecture: Architecture,
-                     config: Mapping[str, Any], source_sha256: str = "", extra_tensors: Mapping[str, Tensor] | None = None,
-                     source_format: str = "project") -> Path:
-    """Write tensors + metadata atomically (temp file + rename). `module` may be a state_dict."""
+def safetensors_bytes(module: nn.Module | Mapping[str, Tensor], architecture: Architecture,
+                      config: Mapping[str, Any], source_sha256: str = "",
+                      extra_tensors: Mapping[str, Tensor] | None = None, source_format: str = "project") -> bytes:
+    """The bytes of a project safetensors file (what save_safetensors writes; caches store them as they are)."""
     from safetensors.torch import save  # to bytes: safetensors' own save_file leaves files at mode 0600
 
-    if architecture not in get_args(Architecture):
-        raise CheckpointError(f"{path}: unknown architecture {architecture!r}")
     state = module.state_dict() if isinstance(module, nn.Module) else dict(module)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in {**state, **(extra_tensors or {})}.items()}
     metadata = {"format": FORMAT_TAG, "architecture": architecture, "config": json.dumps(config, sort_keys=True),
                 "source_sha256": source_sha256, "source_format": source_format}
+    return save(tensors, metadata=metadata)
+
+
+def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, architecture: Architecture,
+                     config: Mapping[str, Any], source_sha256: str = "", extra_tensors: Mapping[str, Tensor] | None = None,
+                     source_format: str = "project") -> Path:
+    """Write tensors + metadata atomically (temp file + rename). `module` may be a state_dict."""
+    if architecture not in get_args(Architecture):
+        raise CheckpointError(f"{path}: unknown architecture {architecture!r}")
     path = Path(path)
+    data = safetensors_bytes(module, architecture, config, source_sha256, extra_tensors, source_format)
     try:
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
+        atomic_write_bytes(path, data)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(err)}); "
                               "choose a writable folder with free space") from None

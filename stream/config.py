@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from engines.backends.base import Precision
 from engines.errors import UserError
 from stream.faces.detect import DETECTOR_NAMES, DetectorName
 from stream.media.sink import EncoderSettings
 from stream.modelpack import DEFAULT_PACK
+from stream.types import RESIDUAL_COLOURS, ResidualColour
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 EditSpec = tuple[str, float]           # (edit name, strength)
 FacesMode = Literal["all", "largest"]
@@ -47,6 +51,13 @@ class ModelConfig:
     "auto": the student path when students cover every requested edit, else the generator path.
     residual: GAN crops go back as crop + G(w') - G(w) (True) or as G(w') alone (False).
     smoothing: the GAN model's causal code filter (a file job replaces it by FileJobConfig.smoothing).
+    student_edit: the edit a loose `student` file performs.
+    precision: engine precision (None: the backend's default); "int8" runs the Q/DQ graphs `calibrate`
+    wrote to `calibrated`. crop_size: side of the aligned crop (None: the pack's, or your generator's
+    resolution). residual_colour: "rgb" / "luma" (None: the pack's setting for its generator, else rgb).
+    gate: weaken edits on faces the generator draws poorly (stream/session.py).
+    tuned_generator: a copy of the generator (pack's or `generator`) tuned to one video by stream/tuning.py;
+    the generator path renders with it in place of the original, everything else unchanged.
     """
 
     pack: Path = DEFAULT_PACK
@@ -58,15 +69,32 @@ class ModelConfig:
     backend: str = "auto"
     residual: bool = True
     smoothing: Smoothing = "causal"
+    student_edit: str | None = None
+    precision: Precision | None = None
+    calibrated: Path = Path("out/calibrated")
+    crop_size: int | None = None
+    residual_colour: ResidualColour | None = None
+    gate: bool = True
+    tuned_generator: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.crop_size is not None and not 64 <= self.crop_size <= 1024:
+            raise UserError(f"--crop-size {self.crop_size}: choose 64 to 1024 pixels")
+        if self.residual_colour is not None and self.residual_colour not in RESIDUAL_COLOURS:
+            raise UserError(f"unknown residual colour {self.residual_colour!r}; choose one of "
+                            f"{', '.join(RESIDUAL_COLOURS)}")
         if self.path not in MODEL_PATHS:
             raise UserError(f"unknown model path {self.path!r}; choose one of {', '.join(MODEL_PATHS)}")
         if self.smoothing not in SMOOTHINGS:
             raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(SMOOTHINGS)}")
         if self.student is not None and (self.generator is not None or self.encoder is not None):
             raise UserError("give either --student or --generator/--encoder, not both")
-        for name in ("generator", "encoder", "student"):
+        if self.tuned_generator is not None and (self.student is not None or self.path == "student"):
+            raise UserError("a tuned generator is for the generator path; the student path has none "
+                            "(use --model gan, or `enrol` for a personal student)")
+        for name in ("generator", "encoder", "student", "tuned_generator"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise UserError(f"--{name} {value}: file not found")
@@ -129,3 +157,44 @@ class FileJobConfig:
         names = [name for name, _ in self.edits]
         if len(set(names)) != len(names):
             raise UserError(f"--edit names {names}: each edit may be given once")
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """Code refinement: Adam on the change of the codes, `batch` frames per step.
+    layer_weight / track_weight: pull of each layer's change towards the mean over the layers, and of
+    each frame's change towards the track's mean change (squared W units, beside a loss of about 0.2)."""
+
+    steps: int = 60
+    batch: int = 4
+    lr: float = 0.01
+    layer_weight: float = 0.1
+    track_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    """Pivotal tuning of one clip: frames sampled every `every` frames (at most `max_frames`, spread over
+    the clip), `steps` Adam steps of `batch` frames, and per step `locality_batch` codes interpolated a
+    random fraction in [locality_reach, 1] of the way from a pivot to a random code, whose output must stay
+    the original generator's (L1, times `locality_weight`)."""
+
+    every: int = 2
+    max_frames: int = 48
+    steps: int = 200
+    batch: int = 4
+    lr: float = 3e-4
+    locality_weight: float = 1.0
+    locality_batch: int = 2
+    locality_reach: float = 0.3
+    seed: int = 0
+    invert: InversionSettings = field(default_factory=InversionSettings)
+
+    def __post_init__(self) -> None:
+        if self.max_frames < 1:
+            raise UserError(f"--tune-frames {self.max_frames}: give 1 or more")
+        if self.steps < 0 or self.invert.steps < 0:
+            raise UserError(f"--tune-steps {self.steps} / --invert-steps {self.invert.steps}: give 0 or more")
+        if self.every < 1 or self.batch < 1 or self.invert.batch < 1 or not 0.0 <= self.locality_reach <= 1.0:
+            raise UserError(f"tuning settings: every ({self.every}) and batches ({self.batch}, {self.invert.batch}) "
+                            f"must be at least 1 and locality_reach ({self.locality_reach}) a fraction in 0..1")

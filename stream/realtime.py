@@ -38,7 +38,7 @@ _STAGE_SMOOTHING = 0.2
 
 
 class FrameProcessor(Protocol):
-    """What the live runner drives; `stream.pipeline.FaceEditPipeline` is one."""
+    """What the live runner drives; `stream.session.EditSession` is one."""
 
     times: StageTimes
 

@@ -560,21 +560,20 @@ def random_pack(tmp_path_factory: pytest.TempPathFactory):
 def test_live_model_takes_the_student_only_when_students_cover_every_edit(random_pack, caplog) -> None:
     from stream.config import FaceConfig, ModelConfig
     from stream.live_model import live_model
-    from stream.pipeline import GanEditModel, StudentEditModel
 
     config = ModelConfig(pack=random_pack, backend="torch")
     student = live_model(config, FaceConfig(), [])  # the pack's default edit, smile, has a student
     first, second = student.new_processor(), student.new_processor()
-    assert isinstance(first.model, StudentEditModel) and student.default_edits == (("smile", 1.0),)
-    assert first.model is not second.model and first.tracker is not second.tracker
-    assert first.model.students["smile"][0] is second.model.students["smile"][0]  # one engine for both streams
+    assert first.state.path == "student" or first.set_edits(student.default_edits).path == "student"
+    assert student.default_edits == (("smile", 1.0),)
+    assert first.networks is second.networks and first.tracker is not second.tracker  # one set of engines
 
-    caplog.set_level(logging.WARNING, logger="stream.live_model")
+    caplog.set_level(logging.WARNING, logger="stream.session")
     both = live_model(config, FaceConfig(), [("smile", 1.0), ("age", -0.5)])  # no student for age
-    assert isinstance(both.new_processor().model, GanEditModel)
+    assert both.new_processor().set_edits(both.default_edits).path == "gan"
     assert both.default_edits == (("smile", 1.0), ("age", -0.5)) and set(both.edit_names) == {"smile", "age"}
     assert [r.getMessage() for r in caplog.records if "no student" in r.getMessage()] == [
-        f"no student in {random_pack} for age: using the generator (encoder + generator) for every edit"]
+        "no student for age: using the generator path for it"]
 
 
 def test_a_server_fault_is_a_500_logged_once_with_its_traceback(caplog) -> None:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from engines.nets.stylegan2 import Generator, small_generator_config
+from engines.nets.synthesis import synthesize
+from stream.losses import psnr, ssim_map
 from training.data import CACHE_VERSION, ClipCrops, make_split
 from training.directions import contrast_groups
-from training.losses import psnr, ssim_map
-from training.synthesis import synthesize
 
 
 def test_fast_synthesis_matches_generator():
