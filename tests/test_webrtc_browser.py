@@ -151,7 +151,7 @@ def test_edited_face_arrives_strength_and_view_show_in_pixels(browser, clip, pac
     from stream.live_model import live_model
 
     model = live_model(ModelConfig(pack=pack_dir, backend="torch"), FaceConfig(detect_every=3), [], fps=FPS)
-    name = model.edit_names[0]
+    name = (model.default_edits or ((model.edit_names[0], 1.0),))[0][0]  # the pack's edit: one that works
     with serving(model.new_processor, list(model.edit_names), (name, 4.0)) as server:
         page = open_page(browser, server)
         page.evaluate("faceedit.start()")
