@@ -373,6 +373,7 @@ def test_server_page_config_and_refusals(server) -> None:
     with urllib.request.urlopen(server.url + "config") as response:
         config = json.loads(response.read())
     assert config["edits"] == ["tint"] and config["ice_servers"] == [] and not config["token_required"]
+    assert config["default_edits"] == [{"name": "tint", "strength": 1.0}]
     assert post(server.url + "offer", b"{}")[0] == 400
     assert post(server.url + "offer", b"x" * 70_000)[0] == 413
     offer = json.dumps({"sdp": OFFER, "type": "offer"}).encode()
