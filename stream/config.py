@@ -30,6 +30,11 @@ FILE_SMOOTHINGS: tuple[str, ...] = get_args(FileSmoothing)
 # setting removes at 2 frames of lag (Edits section of bench/RESULTS.md); it looks ceil(3 sigma) frames ahead
 DEFAULT_SMOOTHING_SIGMA = 3.0
 
+# ReStyle steps per face live (serve, camera) unless --restyle-iterations says: one step needs no generator
+# pass (the average image is computed once); each further step adds an encoder and a generator pass
+# (bench/RESULTS.md, ReStyle). Files default to the checkpoint's own n_iters_per_batch (upstream: 5).
+LIVE_RESTYLE_ITERATIONS = 1
+
 _EDIT = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
 
 
@@ -76,8 +81,11 @@ class ModelConfig:
     residual_colour: ResidualColour | None = None
     gate: bool = True
     tuned_generator: Path | None = None
+    restyle_iterations: int | None = None
 
     def __post_init__(self) -> None:
+        if self.restyle_iterations is not None and not 1 <= self.restyle_iterations <= 20:
+            raise UserError(f"--restyle-iterations {self.restyle_iterations}: choose 1 to 20 steps")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.crop_size is not None and not 64 <= self.crop_size <= 1024:

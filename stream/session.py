@@ -261,6 +261,7 @@ class EditNetworks:
 
     def _build_gan(self) -> GanRenderer:
         from engines import load_encoder
+        from engines.restyle import pipeline_encoder
 
         generator = self._loaded_generator()
         encoder = load_encoder(self.config.encoder or self.pack.encoder)  # type: ignore[union-attr]
@@ -268,9 +269,10 @@ class EditNetworks:
         batch = 2  # G(w') and G(w) in one call
         generator_engine = self._engine(generator.export_safe(), "generator", GENERATOR_IO,
                                         (batch, generator.num_ws, generator.style_dim))
-        size = encoder.input_size
-        encoder_engine = self._engine(encoder.module, "encoder", ENCODER_IO, (1, 3, size, size))
-        latent_avg = None if encoder.latent_avg is None else encoder.latent_avg.detach().cpu().numpy()
+        # a ReStyle encoder runs as its whole inversion (its steps iterate with this generator)
+        module, size, average = pipeline_encoder(encoder, generator, self.config.restyle_iterations)
+        encoder_engine = self._engine(module, "encoder", ENCODER_IO, (1, 3, size, size))
+        latent_avg = None if average is None else average.detach().cpu().numpy()
         renderer = GanRenderer(encoder_engine, generator_engine, directions, crop_size=self.crop_size,
                                latent_avg=latent_avg, residual=self.config.residual,
                                residual_colour=self._residual_colour())

@@ -373,6 +373,7 @@ def test_server_page_config_and_refusals(server) -> None:
     with urllib.request.urlopen(server.url + "config") as response:
         config = json.loads(response.read())
     assert config["edits"] == ["tint"] and config["ice_servers"] == [] and not config["token_required"]
+    assert config["default_edits"] == [{"name": "tint", "strength": 1.0}]
     assert post(server.url + "offer", b"{}")[0] == 400
     assert post(server.url + "offer", b"x" * 70_000)[0] == 413
     offer = json.dumps({"sdp": OFFER, "type": "offer"}).encode()
@@ -574,3 +575,22 @@ def test_live_model_takes_the_student_only_when_students_cover_every_edit(random
     assert both.default_edits == (("smile", 1.0), ("age", -0.5)) and set(both.edit_names) == {"smile", "age"}
     assert [r.getMessage() for r in caplog.records if "no student" in r.getMessage()] == [
         "no student for age: using the generator path for it"]
+
+
+def test_a_server_fault_is_a_500_logged_once_with_its_traceback(caplog) -> None:
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+
+    def broken() -> Recorder:
+        raise RuntimeError("out of model memory")
+
+    options = ServeOptions(port=0)
+    server = ServerThread(create_app(options, LiveModel(broken, ())), options).start()
+    try:
+        caplog.set_level(logging.INFO)
+        status, body = post(server.url + "offer", json.dumps({"sdp": aiortc_offer_sdp(), "type": "offer"}).encode())
+    finally:
+        server.stop()
+    assert status == 500 and "log" in body["error"]
+    faults = [r for r in caplog.records if r.exc_info]
+    assert len(faults) == 1 and "out of model memory" in str(faults[0].exc_info[1])
+    assert server.registry.pending == 0 and not server.registry.sessions

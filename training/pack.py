@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -33,9 +32,9 @@ from engines.atomic import atomic_output
 from engines.errors import CheckpointError
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
-from stream.pixels import to_images
 from engines.nets.synthesis import synthesize
 from stream.losses import loss_weights, psnr, reconstruction_loss
+from stream.pixels import to_images
 from training.data import ClipCrops, Split, concat, make_split
 from training.directions import EDIT_NAMES, attribute_scores
 

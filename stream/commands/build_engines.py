@@ -69,7 +69,9 @@ def load_networks(args: argparse.Namespace) -> list[Network]:
     if "encoder" in wanted:
         encoder = load_encoder(args.encoder or pack.encoder)  # type: ignore[union-attr]
         size = encoder.input_size
-        networks.append(Network("encoder", encoder.module, ENCODER_IO[0], (3, size, size), ENCODER_IO[1]))
+        # ReStyle's encoder reads 6 channels (the target and the previous reconstruction)
+        networks.append(Network("encoder", encoder.module, ENCODER_IO[0], (encoder.input_nc, size, size),
+                                ENCODER_IO[1]))
     if "students" in wanted and pack is not None:
         for edit in sorted(pack.students):
             size = pack.crop_size

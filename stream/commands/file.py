@@ -141,7 +141,8 @@ def job_config(args: argparse.Namespace, input: Path | None = None,
     if args.student is not None and len(edits) != 1:
         raise UserError(f"--student {args.student}: a student performs one edit; give exactly one --edit")
     model = model_config(args, generator=args.generator, encoder=args.encoder, directions=tuple(args.directions),
-                         student=args.student, student_edit=edits[0][0] if args.student else None)
+                         student=args.student, student_edit=edits[0][0] if args.student else None,
+                         restyle_iterations=args.restyle_iterations)
     if args.tune:
         if args.student is not None or args.model == "student":
             raise UserError("--tune tunes the generator, and the student path has none: use --model gan "

@@ -52,13 +52,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def live_model_from_args(args: argparse.Namespace, fps: float = 30.0):
-    from stream.config import FaceConfig, ModelConfig, parse_edit
+    from stream.config import LIVE_RESTYLE_ITERATIONS, FaceConfig, ModelConfig, parse_edit
     from stream.live_model import live_model
 
     edits = [parse_edit(text) for text in args.edit]
     model = ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
                         smoothing=args.smoothing, generator=args.generator, encoder=args.encoder,
-                        directions=tuple(args.directions), **engine_options(args))
+                        directions=tuple(args.directions),
+                        restyle_iterations=args.restyle_iterations or LIVE_RESTYLE_ITERATIONS, **engine_options(args))
     face = FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
                       faces=args.faces)
     return live_model(model, face, edits, fps)

@@ -104,7 +104,8 @@ class _MalformedHttpFilter(logging.Filter):
         error = record.exc_info[1] if record.exc_info else None
         if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
             reason = str(error.message).strip().splitlines()[0] if error.message else type(error).__name__
-            record.msg, record.args = "%s refused: %d %s", (record.getMessage(), error.code, reason)
+            request = record.getMessage().replace("Error handling request", "request")
+            record.msg, record.args = "%s refused: %d %s", (request, error.code, reason)
             record.levelno, record.levelname = logging.INFO, "INFO"
             record.exc_info = record.exc_text = None
         return True
