@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from engines.backends.base import Precision
 from engines.errors import UserError
 from stream.faces.detect import DETECTOR_NAMES, DetectorName
 from stream.media.sink import EncoderSettings
 from stream.modelpack import DEFAULT_PACK
+from stream.types import RESIDUAL_COLOURS, ResidualColour
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 EditSpec = tuple[str, float]           # (edit name, strength)
 FacesMode = Literal["all", "largest"]
@@ -25,6 +29,11 @@ FILE_SMOOTHINGS: tuple[str, ...] = get_args(FileSmoothing)
 # sigma 3 frames: on the shared clips it left 43% of the code jitter with no lag, as much as the best causal
 # setting removes at 2 frames of lag (Edits section of bench/RESULTS.md); it looks ceil(3 sigma) frames ahead
 DEFAULT_SMOOTHING_SIGMA = 3.0
+
+# ReStyle steps per face live (serve, camera) unless --restyle-iterations says: one step needs no generator
+# pass (the average image is computed once); each further step adds an encoder and a generator pass
+# (bench/RESULTS.md, ReStyle). Files default to the checkpoint's own n_iters_per_batch (upstream: 5).
+LIVE_RESTYLE_ITERATIONS = 1
 
 _EDIT = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
 
@@ -47,6 +56,11 @@ class ModelConfig:
     "auto": the student path when students cover every requested edit, else the generator path.
     residual: GAN crops go back as crop + G(w') - G(w) (True) or as G(w') alone (False).
     smoothing: the GAN model's causal code filter (a file job replaces it by FileJobConfig.smoothing).
+    student_edit: the edit a loose `student` file performs.
+    precision: engine precision (None: the backend's default); "int8" runs the Q/DQ graphs `calibrate`
+    wrote to `calibrated`. crop_size: side of the aligned crop (None: the pack's, or your generator's
+    resolution). residual_colour: "rgb" / "luma" (None: the pack's setting for its generator, else rgb).
+    gate: weaken edits on faces the generator draws poorly (stream/session.py).
     tuned_generator: a copy of the generator (pack's or `generator`) tuned to one video by stream/tuning.py;
     the generator path renders with it in place of the original, everything else unchanged.
     """
@@ -60,9 +74,25 @@ class ModelConfig:
     backend: str = "auto"
     residual: bool = True
     smoothing: Smoothing = "causal"
+    student_edit: str | None = None
+    precision: Precision | None = None
+    calibrated: Path = Path("out/calibrated")
+    crop_size: int | None = None
+    residual_colour: ResidualColour | None = None
+    gate: bool = True
     tuned_generator: Path | None = None
+    restyle_iterations: int | None = None
 
     def __post_init__(self) -> None:
+        if self.restyle_iterations is not None and not 1 <= self.restyle_iterations <= 20:
+            raise UserError(f"--restyle-iterations {self.restyle_iterations}: choose 1 to 20 steps")
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.crop_size is not None and not 64 <= self.crop_size <= 1024:
+            raise UserError(f"--crop-size {self.crop_size}: choose 64 to 1024 pixels")
+        if self.residual_colour is not None and self.residual_colour not in RESIDUAL_COLOURS:
+            raise UserError(f"unknown residual colour {self.residual_colour!r}; choose one of "
+                            f"{', '.join(RESIDUAL_COLOURS)}")
         if self.path not in MODEL_PATHS:
             raise UserError(f"unknown model path {self.path!r}; choose one of {', '.join(MODEL_PATHS)}")
         if self.smoothing not in SMOOTHINGS:

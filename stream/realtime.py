@@ -15,16 +15,13 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from dataclasses import dataclass, field
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from stream.media.frames import TimedFrame
 from stream.types import Frame, StageTimes
-
-if TYPE_CHECKING:
-    from stream.config import FaceConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +38,7 @@ _STAGE_SMOOTHING = 0.2
 
 
 class FrameProcessor(Protocol):
-    """What the live runner drives; `stream.pipeline.FaceEditPipeline` is one."""
+    """What the live runner drives; `stream.session.EditSession` is one."""
 
     times: StageTimes
 
@@ -348,51 +345,3 @@ def run_live(
     if worker.error is not None:
         raise worker.error
     return worker.stats()
-
-
-@dataclass(frozen=True)
-class LiveModel:
-    """How to make one processor per live stream (each holds its own face tracks and edits)."""
-
-    factory: Callable[[], FrameProcessor]
-    edit_names: tuple[str, ...]
-    default_edit: tuple[str, float] | None
-
-
-def live_model(model: ModelConfig, face: FaceConfig, edits: Edits, fps: float = 30.0) -> LiveModel:
-    """A LiveModel for the pack (or files) in `model`: every edit the model can do is offered live.
-
-    The student path loads every student of the pack (a live user switches edits), so `auto` takes it
-    whenever the pack has students; the networks load once here, to fail before anything starts, and
-    that first pipeline goes to the first stream.
-    """
-    from stream.filejob import ENGINE_THREADS, build_edit_model, build_tracker
-    from stream.modelpack import load_pack
-    from stream.pipeline import FaceEditPipeline
-
-    own_files = model.student or (model.generator and model.encoder and bool(model.directions))
-    pack = None if own_files else load_pack(model.pack)
-    students = tuple(sorted(pack.students)) if pack is not None else ()
-    use_students = model.path == "student" or (model.path == "auto" and bool(students) and not own_files)
-    zero: Edits = [(name, 0.0) for name in students] if use_students and not model.student else list(edits)
-    config = replace(model, path="student" if use_students else ("gan" if model.path == "auto" else model.path))
-
-    def build() -> FaceEditPipeline:
-        return FaceEditPipeline(build_tracker(face, fps), build_edit_model(config, zero, ENGINE_THREADS),
-                                 faces=face.faces)
-
-    first = [build()]
-    names = tuple(first[0].model.names)
-    chosen = edits[0] if edits else (pack.default_edit if pack is not None else None)
-    if chosen is not None and chosen[0] not in names:
-        log.warning("edit %r is not offered by this model (%s); starting without an edit",
-                    chosen[0], ", ".join(names) or "none")
-        chosen = None
-
-    def factory() -> FrameProcessor:
-        try:
-            return first.pop()  # atomic: two streams starting at once cannot both take it
-        except IndexError:
-            return build()
-
-    return LiveModel(factory, names, chosen)

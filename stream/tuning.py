@@ -37,7 +37,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -48,6 +47,7 @@ from engines.cache import EngineCache, default_cache_dir, sha256_file
 from engines.errors import UserError
 from engines.nets.stylegan2 import Generator, ModulatedConv2d
 from engines.nets.synthesis import synthesize
+from stream import pixels
 from stream.config import InversionSettings, TuningSettings
 from stream.faces.align import ffhq_affine, transform_points, warp_to_crop
 from stream.losses import loss_weights, psnr, reconstruction_loss
@@ -113,9 +113,7 @@ def collect_faces(video: Path, detector: FaceDetector, size: int, every: int = 1
 
 def to_images(crops: npt.NDArray[np.uint8], size: int) -> Tensor:
     """uint8 crops [N, S, S, 3] -> [N, 3, size, size] float in [-1, 1] (area resize, as the runtime)."""
-    small = np.stack([c if c.shape[0] == size else cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA)
-                      for c in crops])
-    return torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(pixels.to_images(crops, size))
 
 
 def face_weights(faces: ClipFaces, size: int) -> Tensor:

@@ -22,7 +22,8 @@ from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.pipeline import images_to_pixels, residual_change
+from stream.pipeline import residual_change
+from stream.pixels import images_to_uint8
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.losses import psnr_uint8
@@ -44,17 +45,21 @@ def to_uint8(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 
 def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
                  offset: npt.NDArray[np.float32], base: npt.NDArray[np.float32] | None = None,
-                 colour: ResidualColour = "rgb") -> npt.NDArray[np.uint8]:
+                 colour: ResidualColour = "rgb", masks: npt.NDArray[np.float32] | None = None
+                 ) -> npt.NDArray[np.uint8]:
     """Residual edit of crops [N, S, S, 3]: crop + up(G(w + offset) - G(w)), as the runtime pastes it
-    (stream.pipeline.residual_change with `colour`). `base` = G(w) when already known."""
+    (stream.pipeline.residual_change with `colour`). `base` = G(w) when already known. masks [N, S, S]:
+    the edit's region per crop (stream/regions.py), as the runtime confines the change."""
     base = decode(generator, codes) if base is None else base
     change = residual_change(decode(generator, codes + offset[None]) - base, crops.shape[1], colour)
+    if masks is not None:
+        change *= masks[..., None]
     return to_uint8(crops.astype(np.float32) + change)
 
 
 def upsampled(images: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.uint8]:
     """Generator images [N, 3, s, s] -> uint8 crops [N, size, size, 3]."""
-    return to_uint8(images_to_pixels(images, size) + 127.5)
+    return images_to_uint8(images, size)
 
 
 def _box(landmarks: npt.NDArray[np.float32]) -> tuple[float, float, float, float]:

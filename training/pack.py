@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -35,6 +34,7 @@ from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
 from engines.nets.synthesis import synthesize
 from stream.losses import loss_weights, psnr, reconstruction_loss
+from stream.pixels import to_images
 from training.data import ClipCrops, Split, concat, make_split
 from training.directions import EDIT_NAMES, attribute_scores
 
@@ -87,8 +87,7 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------ data
 def to_model_input(crops: npt.NDArray[np.uint8], size: int) -> Tensor:
     """Crops [N, S, S, 3] uint8 -> [N, 3, size, size] float in [-1, 1] (area down-sampling, as the runtime)."""
-    small = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
-    return torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(to_images(crops, size))
 
 
 def expression_weights(landmarks: npt.NDArray[np.float32], clip_id: npt.NDArray[np.int64],
