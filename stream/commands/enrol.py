@@ -107,8 +107,11 @@ def run(args: argparse.Namespace) -> int:
     crops = faces.crops
     cut = max(1, min(len(crops) - 1, round(len(crops) * (1 - args.holdout)))) if len(crops) > 1 else 1
     vector_strength = strength * directions[edit].default_strength
+    # with 68 landmarks the teacher's change is confined to the edit's region, as the runtime confines it
+    landmarks = faces.landmarks if faces.landmarks.shape[1] == 68 else None
     targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 32], directions[edit],
-                                         vector_strength, colour=pack.residual_colour)
+                                         vector_strength, colour=pack.residual_colour,
+                                         landmarks=None if landmarks is None else landmarks[i:i + 32])
                               for i in tqdm(range(0, len(crops), 32), desc="teacher pairs", unit="batch")])
     config = DistillConfig(edit, strength)
     total = int(args.minutes * 60)
