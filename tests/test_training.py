@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,14 @@ import pytest
 import torch
 
 from engines.nets.stylegan2 import Generator, small_generator_config
-from training.data import CACHE_VERSION, ClipCrops, make_split
+from engines.errors import UserError
+from tests.media_clips import make_clip, trimmed_copy
+from training.data import CACHE_VERSION, ClipCrops, SkippedClip, build_cache, load_cache, make_split
 from training.directions import contrast_groups
 from training.losses import psnr, ssim_map
 from training.synthesis import synthesize
+
+FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 
 
 def test_fast_synthesis_matches_generator():
@@ -56,11 +61,37 @@ def _face_landmarks(size: int, gap: float) -> np.ndarray:
 
 def test_split_holds_out_a_clip_and_the_end_of_the_others():
     clips = [_clip("a", 20), _clip("b", 10), _clip("c", 30)]
-    split = make_split(clips, "b", holdout_frac=0.1)
+    split = make_split(clips, ["b"], holdout_frac=0.1)
     assert set(split.heldout_clip) == set(range(20, 30))
     assert set(split.heldout_frames) == {18, 19, 57, 58, 59}
     assert not set(split.train) & (set(split.heldout_frames) | set(split.heldout_clip))
     assert len(split.train) + len(split.heldout_frames) + len(split.heldout_clip) == 60
+    two = make_split(clips, ["a", "c"], holdout_frac=0.1)
+    assert set(two.heldout_clip) == set(range(20)) | set(range(30, 60)) and set(two.heldout_frames) == {29}
+    with pytest.raises(UserError, match="'x'"):
+        make_split(clips, ["a", "x"])
+
+
+@pytest.mark.skipif(not FACES.is_dir(), reason="needs ../shared/data/faces (real clips)")
+def test_cache_skips_a_clip_it_cannot_use_with_one_line(tmp_path: Path):
+    """A real HEVC 1080x1920 clip (cut to 3 frames) is aligned; an undecodable file and a clip without a face
+    are skipped with their reason, remembered so a later run does not retry them."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    trimmed_copy(FACES / "ls01.mp4", clips / "hevc.mp4", 3)
+    (clips / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    make_clip(clips / "noface.mp4", frames=3, audio=False)
+    cache = tmp_path / "crops"
+    got = {c.name: c for c in build_cache(clips, cache)}
+    assert isinstance(got["hevc"], ClipCrops) and len(got["hevc"]) == 3 and got["hevc"].crops.shape[1:] == (256, 256, 3)
+    for name in ("broken", "noface"):
+        assert isinstance(got[name], SkippedClip) and got[name].reason.startswith(str(clips / f"{name}.mp4"))
+        assert "\n" not in got[name].reason.strip()
+    assert "no face" in got["noface"].reason
+    assert sorted(p.name for p in cache.iterdir()) == ["broken.skipped", "hevc.npz", "noface.skipped"]
+    (clips / "noface.mp4").unlink()  # a second pass reads the markers, it does not decode again
+    again = {c.name: c for c in build_cache(clips, cache)}
+    assert isinstance(again["broken"], SkippedClip) and [c.name for c in load_cache(cache)] == ["hevc"]
 
 
 def test_contrast_groups_are_balanced_within_each_clip():
@@ -126,8 +157,20 @@ def test_train_pack_resumes_exports_and_distills(tmp_path: Path):
     assert config["size"] == 64 and saved["step"] == 5  # continues the small run's count
     # settings given on the command line reach the grown run; the rest are the small run's
     assert config["eye_weight"] == 9 and not config["balance_expressions"]
-    assert config["batch"] == 4 and config["holdout_clip"] == "p2"
+    assert config["batch"] == 4 and config["holdout_clips"] == ["p2"]
     assert sorted(p.name for p in (grown / "crops").glob("*.npz")) == ["p0.npz", "p1.npz", "p2.npz"]
+
+    # a new run from the exported pack: its networks and architecture, several held-out clips, the step count on
+    tuned = tmp_path / "tuned"
+    shutil.copytree(run / "crops", tuned / "crops")
+    assert _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(tuned), "--init-from-pack", str(pack_dir),
+                             "--holdout-clip", "p1", "p2", "--minutes", "0"]) == 0
+    saved = torch.load(tuned / "checkpoint.pt", weights_only=True)
+    config = json.loads(saved["config"])
+    assert config["size"] == 32 and config["holdout_clips"] == ["p1", "p2"] and saved["step"] == 4
+    shipped = pack.load_generator().module.state_dict()
+    for key in ("generator", "generator_ema"):
+        assert all(torch.equal(saved[key][k], v) for k, v in shipped.items())
 
 
 def test_run_option_reaches_train_pack_and_distill_through_the_cli(tmp_path: Path, capsys):

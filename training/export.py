@@ -53,10 +53,14 @@ def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
 
 def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray[np.float32],
                            crops: npt.NDArray[np.uint8]) -> dict[str, dict[str, float]]:
-    """PSNR of G(E(x)) against x at the model's size, and of up(G(E(x))) against the 256 px crop."""
+    """PSNR of G(E(x)) against x at the model's size, and of up(G(E(x))) against the 256 px crop (held-out
+    clips together, and each on its own when there are several)."""
     out = {}
-    for name, idx in (("train", _subsample(data.split.train, 300)), ("heldout_frames", data.split.heldout_frames),
-                      ("heldout_clip", data.split.heldout_clip)):
+    names = data.split.clip_names
+    per_clip = [(f"heldout_clip {names[k]}", data.split.heldout_clip[data.split.clip_id[data.split.heldout_clip] == k])
+                for k in np.unique(data.split.clip_id[data.split.heldout_clip])]
+    for name, idx in [("train", _subsample(data.split.train, 300)), ("heldout_frames", data.split.heldout_frames),
+                      ("heldout_clip", data.split.heldout_clip)] + (per_clip if len(per_clip) > 1 else []):
         images = decode(state.generator_ema, codes[idx])
         out[name] = {"faces": len(idx),
                      "psnr_model_size": float(psnr(torch.from_numpy(images), data.images[torch.from_numpy(idx)]).mean()),
@@ -143,7 +147,7 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
     save_png(sheet, sheet_path)
     metrics = {"step": state.step, "train_minutes": round(state.seconds / 60, 1), "config": state.config.__dict__,
                "faces": {"train": len(data.split.train), "heldout_frames": len(data.split.heldout_frames),
-                         "heldout_clip": len(data.split.heldout_clip), "heldout_clip_name": state.config.holdout_clip,
+                         "heldout_clip": len(data.split.heldout_clip), "heldout_clip_names": state.config.holdout_clips,
                          "clips": names},
                "reconstruction": recon, "edits": reports,
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},

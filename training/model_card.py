@@ -46,7 +46,8 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
     lines += ["", "'Works': at its pipeline strength 1.0 the edit moves its own attribute by at least a quarter of "
               "its training contrast on held-out frames and the right way on the held-out clip (training/export.verify)."]
     for key, title in (("heldout_frames", "held-out frames of seen people"),
-                       ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
+                       ("heldout_clip", f"the held-out clips ({', '.join(metrics['faces']['heldout_clip_names'])}, "
+                                        "unseen people)")):
         lines += ["", f"### Edits on {title}", "",
                   "Attribute changes are landmark scores (stream/edits/attributes.py) of the edited crop minus the "
                   "unedited crop, measured in the same box; 'score gap' above is the training contrast at vector strength 1. "
@@ -85,8 +86,8 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         "every frame aligned to the FFHQ crop (stream/faces, dlib HOG + 68 landmarks) at 256 px, down-sampled "
         f"to {cfg['size']} px for the networks.",
         f"- Training: {faces['train']} crops. Held out: the last {cfg['holdout_frac']:.0%} of each other clip "
-        f"({faces['heldout_frames']} frames) and the whole clip {faces['heldout_clip_name']} "
-        f"({faces['heldout_clip']} frames, an unseen person).", "",
+        f"({faces['heldout_frames']} frames) and the whole clips {', '.join(faces['heldout_clip_names'])} "
+        f"({faces['heldout_clip']} frames, unseen people).", "",
         "## Networks",
         f"- generator.safetensors: StyleGAN2 (engines/nets/stylegan2.py) {cfg['size']} px, channels "
         f"{cfg['generator']['channels']}, {2 * (cfg['size'].bit_length() - 1) - 2} W+ entries. Its mapping network "
