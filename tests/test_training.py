@@ -15,7 +15,7 @@ from engines.nets.stylegan2 import Generator, small_generator_config
 from engines.errors import UserError
 from tests.media_clips import make_clip, trimmed_copy
 from training.data import CACHE_VERSION, ClipCrops, SkippedClip, build_cache, load_cache, make_split
-from training.directions import contrast_groups
+from training.directions import blink_groups, contrast_groups
 from training.losses import psnr, ssim_map
 from training.synthesis import synthesize
 
@@ -102,6 +102,22 @@ def test_contrast_groups_are_balanced_within_each_clip():
         assert (labels & (groups == g)).sum() == (~labels & (groups == g)).sum()
     # within clip 1, "high" means high for that clip, not high overall
     assert set(idx[(groups == 1) & ~labels]) == {10, 11, 12, 13, 14, 15}
+
+
+def test_blink_frames_are_contrasted_with_open_frames_of_the_same_expression():
+    """Smiling narrows the eyes: the open frames matched to a blink are the ones with the blink's smile."""
+    eyes = np.array([0.30, 0.30, 0.31, 0.29, 0.30, 0.30, 0.12, 0.13, 0.30, 0.30])
+    smile = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    flat = np.zeros(10)
+    scores = {"eyes_open": np.r_[eyes, eyes], "smile": np.r_[smile, smile], "mouth_open": np.r_[flat, flat],
+              "yaw": np.r_[flat, flat], "pitch": np.r_[flat, flat]}
+    clip_id = np.r_[np.zeros(10, int), np.ones(10, int)]
+    idx, labels, groups = blink_groups(scores, clip_id, np.r_[np.arange(10), np.arange(10, 16)], matches=2)
+    # the second clip's candidates (its first six frames) hold no blink: it is left out
+    assert set(groups) == {0}
+    assert list(idx[~labels]) == [6, 7] and sorted(idx[labels]) == [4, 4, 5, 5]
+    with pytest.raises(ValueError, match="blink"):
+        blink_groups({k: v[:6] for k, v in scores.items()}, clip_id[:6], np.arange(6))
 
 
 def _write_cache(folder: Path) -> None:
