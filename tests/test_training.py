@@ -179,6 +179,10 @@ def test_train_pack_resumes_exports_and_distills(tmp_path: Path):
     # a new run from the exported pack: its networks and architecture, several held-out clips, the step count on
     tuned = tmp_path / "tuned"
     shutil.copytree(run / "crops", tuned / "crops")
+    with pytest.raises(UserError, match="nobody"):  # a clip name that is not there: no run is saved
+        _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(tuned), "--init-from-pack", str(pack_dir),
+                          "--holdout-clip", "p1", "nobody", "--minutes", "0"])
+    assert not (tuned / "checkpoint.pt").exists()
     assert _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(tuned), "--init-from-pack", str(pack_dir),
                              "--holdout-clip", "p1", "p2", "--minutes", "0"]) == 0
     saved = torch.load(tuned / "checkpoint.pt", weights_only=True)
