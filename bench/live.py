@@ -89,7 +89,7 @@ def measure(playwright, features: str, pack: Path, path: str, size: tuple[int, i
         factory, names, edit = Passthrough, (), None
     else:
         model = live_model(ModelConfig(pack=pack, path=path), FaceConfig(), [], fps=FPS)
-        factory, names, edit = model.factory, model.edit_names, model.default_edit or (model.edit_names[0], 1.0)
+        factory, names, edit = model.factory, model.edit_names, (model.initial_edits or ((model.edit_names[0], 1.0),))[0]
     options = ServeOptions(port=0, max_peers=1)
     browser = harness.launch_chromium(playwright, clip, features)
     with harness.loopback_ice():

@@ -46,6 +46,7 @@ from stream.faces.detect import DlibDetector
 from stream.faces.track import FaceTracker
 from stream.media.source import FileSource
 from stream.pipeline import residual_change
+from stream.pixels import to_images
 from stream.report import write_section
 
 FACES = ROOT.parent / "shared" / "data" / "faces"
@@ -267,9 +268,7 @@ def main() -> int:
         frames += clip_frames
         clip_sums = {name: np.zeros(5) for name in runs}
         for crops, times in segments:
-            x = crops if model.encoder_size == model.crop_size else np.stack(
-                [cv2.resize(c, (model.encoder_size,) * 2, interpolation=cv2.INTER_AREA) for c in crops])
-            codes = batched(model.encode, (x.transpose(0, 3, 1, 2).astype(np.float32) / 127.5 - 1.0))
+            codes = batched(model.encode, to_images(crops, model.encoder_size))
             for name, smooth in runs.items():
                 smoothed = smooth(codes, times).astype(np.float32)
                 clip_sums[name] += (*measure(crops, residuals(model, smoothed), mask),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from engines.errors import UserError
+from stream.pixels import to_images
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ def crops_to_feeds(crops: Iterable[np.ndarray], input_name: str, batch: int) -> 
     (engines have static shapes)."""
     pending: list[np.ndarray] = []
     for crop in crops:
-        pending.append(np.asarray(crop, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0)
+        pending.append(to_images([np.asarray(crop)])[0])
         if len(pending) == batch:
             yield {input_name: np.stack(pending).astype(np.float32)}
             pending = []

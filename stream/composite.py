@@ -3,16 +3,14 @@
 Only the frame's bounding region of the warped mask is read and written, and every pixel where the
 warped mask is 0 keeps its exact input bytes.
 
-Two blends:
-- "delta" (default): frame + mask * warp(edited - original). The frame keeps its own full-resolution
-  detail and only the change the edit makes reaches it, so a small model crop never blurs the face
-  (and an unedited crop reproduces the frame exactly).
-- "replace": frame * (1 - mask) + mask * warp(edited), for a crop that should stand on its own.
+What goes back is a change, frame + mask * warp(change): the frame keeps its own full-resolution detail
+and only what the edit changes reaches it, so a small model crop never blurs the face (and a zero change
+reproduces the frame exactly). A renderer that replaces the face expresses that as the change
+new - crop (stream/pipeline.py).
 """
 from __future__ import annotations
 
 import functools
-from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -21,9 +19,6 @@ import numpy.typing as npt
 from engines.errors import UserError
 from stream.faces.align import invert_affine, transform_points
 from stream.types import Affine2x3, Crop, Frame
-
-Blend = Literal["delta", "replace"]
-BLENDS: tuple[str, ...] = get_args(Blend)
 
 # The face area of an FFHQ crop, as fractions of its side: measured from dlib landmarks mapped into
 # their own FFHQ crops on the shared clips (jaw x 0.22-0.77, brows at y 0.37, chin at y 0.93 on average,
@@ -80,15 +75,6 @@ def colour_transfer(source: Crop, reference: Crop, mask: npt.NDArray[np.float32]
     return gain.astype(np.float32), (ref_mean - src_mean * gain).astype(np.float32)
 
 
-def match_colour(source: Crop, reference: Crop, mask: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """`source` [S, S, 3] as float32 with each channel's mask-weighted mean and std moved to `reference`'s.
-
-    Removes the global colour cast and contrast change a generator adds, keeps the local change.
-    """
-    gain, offset = colour_transfer(source, reference, mask)
-    return source.astype(np.float32) * gain + offset
-
-
 def mask_bounds(mask: npt.NDArray[np.float32], affine: Affine2x3,
                 frame_shape: tuple[int, ...]) -> tuple[int, int, int, int] | None:
     """Frame region (x0, y0, x1, y1), end-exclusive, that the mask's support covers after the warp back."""
@@ -109,40 +95,33 @@ def mask_bounds(mask: npt.NDArray[np.float32], affine: Affine2x3,
     return int(x0), int(y0), int(x1), int(y1)
 
 
-def paste_back(frame: Frame, edited_crop: Crop, original_crop: Crop, affine: Affine2x3,
-               mask: npt.NDArray[np.float32], blend: Blend = "delta", colour_match: bool = True) -> Frame:
-    """A copy of `frame` with `edited_crop` blended in where `mask` (crop space) is above 0.
+def paste_change(frame: Frame, change: npt.NDArray[np.float32], affine: Affine2x3,
+                 mask: npt.NDArray[np.float32]) -> Frame:
+    """A copy of `frame` plus `change` (float32 [S, S, 3], crop space, 0..255 units) where `mask` is above 0.
 
-    `affine` is the frame -> crop map the crops were made with; `original_crop` is the unedited crop
-    (the colour reference, and the base of the "delta" blend). Pixels where the warped mask is 0 are
+    `affine` is the frame -> crop map the crop was made with. The change is warped back, weighted by the
+    warped mask, and added to the frame in one rounding step; pixels where the warped mask is 0 are
     byte-identical to `frame`.
     """
-    if blend not in BLENDS:
-        raise UserError(f"unknown paste-back blend {blend!r}; choose one of {', '.join(BLENDS)}")
     size = mask.shape[0]
-    if edited_crop.shape[:2] != (size, size) or original_crop.shape[:2] != (size, size):
-        raise UserError(f"crops {edited_crop.shape} / {original_crop.shape} do not match the mask "
-                        f"{mask.shape}: make the mask with face_mask(crop size)")
+    if change.shape[:2] != (size, size):
+        raise UserError(f"change {change.shape} does not match the mask {mask.shape}: make the mask with "
+                        "face_mask(crop size)")
     out = frame.copy()
     bounds = mask_bounds(mask, affine, frame.shape)
     if bounds is None:
         return out
     x0, y0, x1, y1 = bounds
-    edited = match_colour(edited_crop, original_crop, mask) if colour_match else edited_crop.astype(np.float32)
-    layer = cv2.subtract(edited, original_crop.astype(np.float32)) if blend == "delta" else edited
     # crop -> region-of-interest map: the inverse affine shifted to the region's origin
     to_roi = invert_affine(affine)
     to_roi[:, 2] -= (x0, y0)
     dsize = (x1 - x0, y1 - y0)
     warped_mask = cv2.warpAffine(mask, to_roi, dsize, flags=cv2.INTER_LINEAR,
                                  borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)[..., None]
-    warped = cv2.warpAffine(layer, to_roi, dsize, flags=cv2.INTER_LINEAR,
+    warped = cv2.warpAffine(np.ascontiguousarray(change, np.float32), to_roi, dsize, flags=cv2.INTER_LINEAR,
                             borderMode=cv2.BORDER_CONSTANT, borderValue=0.0)
-    region = frame[y0:y1, x0:x1].astype(np.float32)
-    if blend == "replace":
-        warped -= region
     warped *= warped_mask
     # cv2.add with an 8-bit result rounds to nearest and saturates, in one pass; where the warped mask is 0
-    # the layer is exactly 0, so those pixels come back as their own bytes
-    out[y0:y1, x0:x1] = cv2.add(region, warped, dtype=cv2.CV_8U)
+    # the change is exactly 0, so those pixels come back as their own bytes
+    out[y0:y1, x0:x1] = cv2.add(frame[y0:y1, x0:x1].astype(np.float32), warped, dtype=cv2.CV_8U)
     return out

@@ -6,10 +6,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, get_args
 
+from engines.backends.base import Precision
 from engines.errors import UserError
 from stream.faces.detect import DETECTOR_NAMES, DetectorName
 from stream.media.sink import EncoderSettings
 from stream.modelpack import DEFAULT_PACK
+from stream.types import RESIDUAL_COLOURS, ResidualColour
+
+PRECISIONS: tuple[str, ...] = get_args(Precision)
 
 EditSpec = tuple[str, float]           # (edit name, strength)
 FacesMode = Literal["all", "largest"]
@@ -47,6 +51,11 @@ class ModelConfig:
     "auto": the student path when students cover every requested edit, else the generator path.
     residual: GAN crops go back as crop + G(w') - G(w) (True) or as G(w') alone (False).
     smoothing: the GAN model's causal code filter (a file job replaces it by FileJobConfig.smoothing).
+    student_edit: the edit a loose `student` file performs.
+    precision: engine precision (None: the backend's default); "int8" runs the Q/DQ graphs `calibrate`
+    wrote to `calibrated`. crop_size: side of the aligned crop (None: the pack's, or your generator's
+    resolution). residual_colour: "rgb" / "luma" (None: the pack's setting for its generator, else rgb).
+    gate: weaken edits on faces the generator draws poorly (stream/session.py).
     """
 
     pack: Path = DEFAULT_PACK
@@ -58,8 +67,21 @@ class ModelConfig:
     backend: str = "auto"
     residual: bool = True
     smoothing: Smoothing = "causal"
+    student_edit: str | None = None
+    precision: Precision | None = None
+    calibrated: Path = Path("out/calibrated")
+    crop_size: int | None = None
+    residual_colour: ResidualColour | None = None
+    gate: bool = True
 
     def __post_init__(self) -> None:
+        if self.precision is not None and self.precision not in PRECISIONS:
+            raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.crop_size is not None and not 64 <= self.crop_size <= 1024:
+            raise UserError(f"--crop-size {self.crop_size}: choose 64 to 1024 pixels")
+        if self.residual_colour is not None and self.residual_colour not in RESIDUAL_COLOURS:
+            raise UserError(f"unknown residual colour {self.residual_colour!r}; choose one of "
+                            f"{', '.join(RESIDUAL_COLOURS)}")
         if self.path not in MODEL_PATHS:
             raise UserError(f"unknown model path {self.path!r}; choose one of {', '.join(MODEL_PATHS)}")
         if self.smoothing not in SMOOTHINGS:

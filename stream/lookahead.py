@@ -22,7 +22,8 @@ import numpy as np
 from engines.errors import UserError
 from stream.config import DEFAULT_SMOOTHING_SIGMA
 from stream.edits.smoothing import gaussian_weights
-from stream.pipeline import FaceEditPipeline, GanEditModel, LocatedFaces, timed
+from stream.pipeline import timed
+from stream.session import EditSession, LocatedFaces
 from stream.types import Frame, WPlus
 
 T = TypeVar("T")
@@ -37,31 +38,29 @@ class _Entry(Generic[T]):
 
 
 class LookaheadEditor(Generic[T]):
-    """Runs `pipeline` (whose model is a GanEditModel) with centred code smoothing, `radius` frames late.
+    """Runs `session` (on the generator path) with centred code smoothing, `radius` frames late.
 
     `push(item, image, located)` returns the (item, edited frame) pairs that became ready, oldest first;
     `flush()` returns the rest at the end of the video. Every pushed frame comes out exactly once, in order.
     sigma: the Gaussian's width in frames; radius: how far it looks each way (default ceil(3 sigma)).
-    The model's edits are read when a frame goes out, `radius` frames after it came in.
+    Each frame is rendered with the edits it was located with.
     """
 
-    def __init__(self, pipeline: FaceEditPipeline, sigma: float = DEFAULT_SMOOTHING_SIGMA,
+    def __init__(self, session: EditSession, sigma: float = DEFAULT_SMOOTHING_SIGMA,
                  radius: int | None = None) -> None:
-        if not isinstance(pipeline.model, GanEditModel):
+        if session.state.path != "gan":
             raise UserError("centred smoothing applies to codes: it needs the generator path (--model gan)")
-        self.pipeline = pipeline
-        self.model: GanEditModel = pipeline.model
+        self.session = session
         self.taps = gaussian_weights(sigma, radius)   # [2 r + 1]
         self.radius = len(self.taps) // 2
         self._window: deque[_Entry[T]] = deque()
         self._next = 0   # index in _window of the oldest frame not yet out; those before it are look-back
 
     def push(self, item: T, image: Frame, located: LocatedFaces | None) -> list[tuple[T, Frame]]:
-        """Take the next frame, `located` by `self.pipeline.locate(image, t)`; return the frames now ready."""
+        """Take the next frame, `located` by `self.session.locate(image, t)`; return the frames now ready."""
         entry = _Entry(item, image, located if located is not None and located.faces else None)
         if entry.located is not None:
-            with timed(self.pipeline.times, "encode"):
-                entry.codes = dict(zip(entry.located.track_ids, self.model.encode(entry.located.crops)))
+            entry.codes = dict(zip(entry.located.track_ids, self.session.encode(entry.located)))
         self._window.append(entry)
         return self._drain(final=False)
 
@@ -98,7 +97,6 @@ class LookaheadEditor(Generic[T]):
         entry.image, entry.located = None, None   # keep only the codes for the look-back
         if located is None:
             return entry.item, image
-        with timed(self.pipeline.times, "smooth"):
+        with timed(self.session.times, "smooth"):
             codes = self._smoothed_codes(index, located.track_ids)
-        edited = self.model.render(located.crops, codes, self.pipeline.times)
-        return entry.item, self.pipeline.composite(image, located, edited)
+        return entry.item, self.session.composite(image, located, self.session.render(located, codes))

@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
 
 import numpy as np
@@ -356,43 +356,24 @@ class LiveModel:
 
     factory: Callable[[], FrameProcessor]
     edit_names: tuple[str, ...]
-    default_edit: tuple[str, float] | None
+    initial_edits: tuple[tuple[str, float], ...]  # applied from a stream's start (several combine)
 
 
 def live_model(model: ModelConfig, face: FaceConfig, edits: Edits, fps: float = 30.0) -> LiveModel:
-    """A LiveModel for the pack (or files) in `model`: every edit the model can do is offered live.
+    """A LiveModel for the pack (or files) in `model`: the networks are built once, here (so that a bad
+    model fails before anything starts), and shared by every stream; each stream gets its own session
+    (face tracks, smoothing, edits). Every edit some renderer can make is offered live, by the same
+    student-or-generator rule as the file job (stream/session.py)."""
+    from stream.edits.smoothing import make_code_smoother
+    from stream.filejob import ENGINE_THREADS, build_tracker
+    from stream.session import EditNetworks
 
-    The student path loads every student of the pack (a live user switches edits), so `auto` takes it
-    whenever the pack has students; the networks load once here, to fail before anything starts, and
-    that first pipeline goes to the first stream.
-    """
-    from stream.filejob import ENGINE_THREADS, build_edit_model, build_tracker
-    from stream.modelpack import load_pack
-    from stream.pipeline import FaceEditPipeline
-
-    own_files = model.student or (model.generator and model.encoder and bool(model.directions))
-    pack = None if own_files else load_pack(model.pack)
-    students = tuple(sorted(pack.students)) if pack is not None else ()
-    use_students = model.path == "student" or (model.path == "auto" and bool(students) and not own_files)
-    zero: Edits = [(name, 0.0) for name in students] if use_students and not model.student else list(edits)
-    config = replace(model, path="student" if use_students else ("gan" if model.path == "auto" else model.path))
-
-    def build() -> FaceEditPipeline:
-        return FaceEditPipeline(build_tracker(face, fps), build_edit_model(config, zero, ENGINE_THREADS),
-                                 faces=face.faces)
-
-    first = [build()]
-    names = tuple(first[0].model.names)
-    chosen = edits[0] if edits else (pack.default_edit if pack is not None else None)
-    if chosen is not None and chosen[0] not in names:
-        log.warning("edit %r is not offered by this model (%s); starting without an edit",
-                    chosen[0], ", ".join(names) or "none")
-        chosen = None
+    networks = EditNetworks(model, ENGINE_THREADS)
+    networks.warm()
+    chosen = networks.check_edits(edits or ([networks.default_edit] if networks.default_edit else []))
+    smoother = make_code_smoother if model.smoothing == "causal" else None
 
     def factory() -> FrameProcessor:
-        try:
-            return first.pop()  # atomic: two streams starting at once cannot both take it
-        except IndexError:
-            return build()
+        return networks.session(build_tracker(face, fps), faces=face.faces, smoother=smoother)
 
-    return LiveModel(factory, names, chosen)
+    return LiveModel(factory, networks.names, chosen)

@@ -7,14 +7,13 @@ import numpy as np
 import pytest
 
 from engines.errors import UserError
-from stream.config import ModelConfig
 from stream.edits.smoothing import smooth_offline
-from stream.filejob import build_edit_model
 from stream.lookahead import LookaheadEditor
-from stream.pipeline import FaceEditPipeline, GanEditModel
+from stream.pipeline import GanRenderer
+from stream.session import EditSession
 from stream.types import Face, Frame
 from tests.random_pack import make_random_pack
-from tests.test_pipeline import face
+from tests.test_session import face, networks
 
 FRAMES = 40
 
@@ -38,13 +37,13 @@ class PerFrameTracker:
 
 
 class Scripted:
-    """A GAN model from the random pack whose encoder returns `codes[track][k]` for the track's k-th face
+    """A GAN renderer from the random pack whose encoder returns `codes[track][k]` for the track's k-th face
     (tracks listed in `current`, set by the test before each frame) and whose render records the codes."""
 
     def __init__(self, pack: Path, smoothing: str, codes: dict[int, np.ndarray]) -> None:
-        model = build_edit_model(ModelConfig(pack=pack, path="gan", backend="torch", smoothing=smoothing),
-                                 [("smile", 1.0)])
-        assert isinstance(model, GanEditModel)
+        self.networks = networks(pack, "gan")
+        self.smoothing = smoothing
+        model = self.networks.gan()
         self.model = model
         self.codes = codes
         self.current: list[int] = []
@@ -61,12 +60,19 @@ class Scripted:
             self._next[track] += 1
         return np.stack(out)
 
-    def _record(self, crops, codes, times):
+    def _record(self, crops, codes, edits, times):
         self.rendered.append(np.array(codes))
-        return self._render(crops, codes, times)
+        return self._render(crops, codes, edits, times)
+
+    def session(self, tracker) -> EditSession:
+        from stream.edits.smoothing import make_code_smoother
+
+        out = self.networks.session(tracker, smoother=make_code_smoother if self.smoothing == "causal" else None)
+        out.set_edits([("smile", 1.0)])
+        return out
 
 
-def jittery_codes(model: GanEditModel, frames: int, seed: int = 0) -> np.ndarray:
+def jittery_codes(model: GanRenderer, frames: int, seed: int = 0) -> np.ndarray:
     """A slow drift plus frame-to-frame noise, as an encoder's inversions of a talking face look."""
     rng = np.random.default_rng(seed)
     t = np.arange(frames, dtype=np.float32)[:, None, None]
@@ -86,7 +92,7 @@ def image() -> Frame:
 
 def run_lookahead(scripted: Scripted, script: list[list[Face]], image: Frame,
                   sigma: float) -> list[tuple[int, Frame]]:
-    pipeline = FaceEditPipeline(PerFrameTracker(script), scripted.model)
+    pipeline = scripted.session(PerFrameTracker(script))
     editor = LookaheadEditor[int](pipeline, sigma)
     out = []
     for index, faces in enumerate(script):
@@ -105,7 +111,7 @@ def test_centred_codes_change_less_from_frame_to_frame_than_causal(pack: Path, i
 
     causal = Scripted(pack, "causal", {0: raw})
     causal.current = [0]
-    pipeline = FaceEditPipeline(PerFrameTracker(script), causal.model)
+    pipeline = causal.session(PerFrameTracker(script))
     for index in range(FRAMES):
         pipeline.process(image, index / 25.0)
 
@@ -139,6 +145,7 @@ def test_each_track_is_smoothed_over_its_own_frames(pack: Path, image: Frame) ->
 
 
 def test_lookahead_needs_the_generator_path(pack: Path) -> None:
-    student = build_edit_model(ModelConfig(pack=pack, path="student", backend="torch"), [("smile", 1.0)])
+    student = networks(pack, "student").session(PerFrameTracker([]))
+    student.set_edits([("smile", 1.0)])
     with pytest.raises(UserError, match="generator path"):
-        LookaheadEditor(FaceEditPipeline(PerFrameTracker([]), student))
+        LookaheadEditor(student)

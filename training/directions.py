@@ -22,6 +22,7 @@ from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator
 from stream.edits.attributes import ATTRIBUTE_NAMES, attribute_matrix
 from stream.edits.directions import Direction, discover_mean_difference, layers_from_norm
+from stream.regions import LANDMARKS_68
 from stream.types import Landmarks68
 from training.data import Split
 from training.synthesis import synthesize
@@ -108,13 +109,13 @@ def blink_groups(scores: dict[str, npt.NDArray[np.float64]], clip_id: npt.NDArra
     return np.concatenate(idx), np.concatenate(labels), np.concatenate(groups)
 
 
-# The face part each edit should change, as the landmark indices that outline it.
-_REGIONS = {"mouth_open": slice(48, 68), "smile": slice(48, 68), "eyes_open": slice(36, 48)}
+# The face region each edit should change (stream/regions.py outlines it from the landmarks)
+EDIT_REGIONS = {"mouth_open": "mouth", "smile": "mouth", "eyes_open": "eyes"}
 
 
 def part_box(landmarks: npt.NDArray[np.float32], edit: str, crop_size: int, margin: float = 0.06) -> tuple[float, ...]:
     """Box (x0, y0, x1, y1), fractions of the crop, around the edit's face part over all given faces."""
-    pts = landmarks[:, _REGIONS[edit]].reshape(-1, 2) / crop_size
+    pts = landmarks[:, LANDMARKS_68[EDIT_REGIONS[edit]]].reshape(-1, 2) / crop_size
     lo, hi = np.percentile(pts, 2, axis=0) - margin, np.percentile(pts, 98, axis=0) + margin
     return float(lo[0]), float(lo[1]), float(hi[0]), float(hi[1])
 
@@ -190,7 +191,7 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
         log.info("%s: layers %s hold %.0f%% of the norm; per-layer norm %s", name, layers,
                  100 * energy[layers].sum() / energy.sum(), np.round(np.sqrt(energy), 2).tolist())
         out.append(Direction(name, vector, layers, default_strength, _DESCRIPTIONS.get(name, ""),
-                             {"method": "within-clip mean difference", "contrast": contrast, "clips": len(np.unique(groups)),
+                             {"method": "within-clip mean difference", "region": EDIT_REGIONS[name], "contrast": contrast, "clips": len(np.unique(groups)),
                               "samples": len(idx), "score_gap": round(gap, 4), "localised_pool": pool if generator is not None else 0, "part_box": [round(v, 3) for v in box],
                               "layer_norm": [round(float(v), 4) for v in np.sqrt(energy)]}))
     return out

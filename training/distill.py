@@ -24,6 +24,7 @@ from engines.nets.stylegan2 import Generator
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.pipeline import residual_change
+from stream.pixels import images_to_uint8, to_images
 from stream.types import ResidualColour
 from training.directions import encode_all
 from training.edit_metrics import teacher_edit
@@ -59,11 +60,11 @@ def make_pairs(generator: Generator, encoder: torch.nn.Module, crops: npt.NDArra
 
 
 def to_tensor(crops: npt.NDArray[np.uint8]) -> Tensor:
-    return torch.from_numpy(crops).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(to_images(crops))
 
 
 def to_crops(images: Tensor) -> npt.NDArray[np.uint8]:
-    return images.clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    return images_to_uint8(images.detach().cpu().numpy())
 
 
 def train_student(config: DistillConfig, inputs: npt.NDArray[np.uint8], targets: npt.NDArray[np.uint8],

@@ -21,7 +21,8 @@ from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.pipeline import images_to_pixels, residual_change
+from stream.pipeline import residual_change
+from stream.pixels import images_to_uint8
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.losses import psnr_uint8
@@ -54,7 +55,7 @@ def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.
 
 def upsampled(images: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.uint8]:
     """Generator images [N, 3, s, s] -> uint8 crops [N, size, size, 3]."""
-    return to_uint8(images_to_pixels(images, size) + 127.5)
+    return images_to_uint8(images, size)
 
 
 def _box(landmarks: npt.NDArray[np.float32]) -> tuple[float, float, float, float]:

@@ -33,6 +33,7 @@ from engines.atomic import atomic_output
 from engines.errors import CheckpointError
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
+from stream.pixels import to_images
 from training.data import ClipCrops, Split, concat, make_split
 from training.directions import EDIT_NAMES, attribute_scores
 from training.losses import psnr, reconstruction_loss
@@ -87,8 +88,7 @@ class TrainState:
 # ------------------------------------------------------------------------------------------------ data
 def to_model_input(crops: npt.NDArray[np.uint8], size: int) -> Tensor:
     """Crops [N, S, S, 3] uint8 -> [N, 3, size, size] float in [-1, 1] (area down-sampling, as the runtime)."""
-    small = np.stack([cv2.resize(c, (size, size), interpolation=cv2.INTER_AREA) for c in crops])
-    return torch.from_numpy(small).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+    return torch.from_numpy(to_images(crops, size))
 
 
 def _hull_mask(points: npt.NDArray[np.float32], scale: float, size: int, grow: int) -> npt.NDArray[np.float32]:

@@ -82,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
             sinks.append(window)
         print("loading the model ...", flush=True)
         model = live_model_from_args(args, source.fps)
-        edits = [model.default_edit] if model.default_edit else []
+        edits = list(model.initial_edits)
         applying = f"{edits[0][0]}={edits[0][1]:g}" if edits else "none"
         print(f"edits: {', '.join(model.edit_names) or 'none'}; applying {applying}; Ctrl+C to stop", flush=True)
         with tqdm(total=args.frames, unit="frame", dynamic_ncols=True) as bar:

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import get_args
 
 from engines.backends.base import BackendChoice
-from stream.commands.options import add_checkpoint_arguments
+from stream.commands.options import add_checkpoint_arguments, add_engine_arguments, engine_options
 from stream.config import (
     DEFAULT_SMOOTHING_SIGMA,
     DETECTOR_NAMES,
@@ -43,6 +43,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--detect-every", type=int, default=FaceConfig.detect_every, metavar="N",
                         help="run the face detector every N frames, track landmarks in between "
                              f"(default {FaceConfig.detect_every})")
+    add_engine_arguments(parser)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,19 +72,23 @@ def model_config(args: argparse.Namespace, **files: Path | None):
     from stream.config import ModelConfig
 
     return ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
-                       **files)
+                       **engine_options(args), **files)
 
 
 def job_config(args: argparse.Namespace) -> FileJobConfig:
+    from engines.errors import UserError
     from stream.config import parse_edit
     from stream.media.sink import EncoderSettings
 
+    edits = tuple(parse_edit(text) for text in args.edit)
+    if args.student is not None and len(edits) != 1:
+        raise UserError(f"--student {args.student}: a student performs one edit; give exactly one --edit")
     model = model_config(args, generator=args.generator, encoder=args.encoder, directions=tuple(args.directions),
-                         student=args.student)
+                         student=args.student, student_edit=edits[0][0] if args.student else None)
     return FileJobConfig(
         input=args.input,
         output=args.output,
-        edits=tuple(parse_edit(text) for text in args.edit),
+        edits=edits,
         model=model,
         face=FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
                         faces=args.faces),

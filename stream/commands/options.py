@@ -15,3 +15,28 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--directions", type=Path, action="append", default=[], metavar="FILE",
                         help="directions: a project directions file or a published .pt/.npy direction, "
                              "named after the file (repeatable; default: the pack's)")
+
+
+def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    """How the networks run and how their change goes back (file, demo, serve, camera)."""
+    from stream.config import PRECISIONS
+    from stream.types import RESIDUAL_COLOURS
+
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="engine precision (default: fp16 on TensorRT, fp32 elsewhere); int8 runs the "
+                             "Q/DQ graphs `calibrate` wrote to --calibrated")
+    parser.add_argument("--calibrated", type=Path, default=Path("out/calibrated"), metavar="DIR",
+                        help="folder of `calibrate`'s .int8.onnx files (default out/calibrated)")
+    parser.add_argument("--crop-size", type=int, metavar="PX",
+                        help="side of the aligned face crop (default: the pack's, or your generator's resolution)")
+    parser.add_argument("--residual-colour", choices=RESIDUAL_COLOURS,
+                        help="gan path: the change as rgb or brightness only (default: the pack's setting "
+                             "for its generator, rgb for yours)")
+    parser.add_argument("--no-gate", action="store_true",
+                        help="gan path: do not weaken edits on faces the generator reproduces poorly")
+
+
+def engine_options(args: argparse.Namespace) -> dict:
+    """ModelConfig keywords from add_engine_arguments' options."""
+    return {"precision": args.precision, "calibrated": args.calibrated, "crop_size": args.crop_size,
+            "residual_colour": args.residual_colour, "gate": not args.no_gate}

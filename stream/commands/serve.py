@@ -16,7 +16,7 @@ from typing import get_args
 
 from engines.backends.base import BackendChoice
 from engines.errors import UserError
-from stream.commands.options import add_checkpoint_arguments
+from stream.commands.options import add_checkpoint_arguments, add_engine_arguments, engine_options
 from stream.config import FACES_MODES, MODEL_PATHS, SMOOTHINGS
 from stream.faces.detect import DETECTOR_NAMES
 from stream.modelpack import DEFAULT_PACK
@@ -47,6 +47,7 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-models", type=Path, metavar="DIR", help="insightface model folder (det_*.onnx)")
     parser.add_argument("--detect-every", type=int, default=5, metavar="N",
                         help="run the face detector every N frames, track landmarks in between (default 5)")
+    add_engine_arguments(parser)
 
 
 def live_model_from_args(args: argparse.Namespace, fps: float = 30.0):
@@ -56,7 +57,7 @@ def live_model_from_args(args: argparse.Namespace, fps: float = 30.0):
     edits = [parse_edit(text) for text in args.edit]
     model = ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
                         smoothing=args.smoothing, generator=args.generator, encoder=args.encoder,
-                        directions=tuple(args.directions))
+                        directions=tuple(args.directions), **engine_options(args))
     face = FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
                       faces=args.faces)
     return live_model(model, face, edits, fps)
@@ -111,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     print("loading the model ...", flush=True)
     model = live_model_from_args(args)
-    app = create_app(options, model.factory, model.edit_names, model.default_edit)
+    app = create_app(options, model.factory, model.edit_names, model.initial_edits)
     try:
         context = ssl_context(options)
     except (OSError, ValueError) as err:

@@ -19,6 +19,7 @@ import numpy.typing as npt
 from engines.errors import UserError
 from stream.edits.attributes import ATTRIBUTE_NAMES, landmark_attributes
 from stream.edits.directions import Direction, discover_mean_difference, layer_mask, layers_from_norm
+from stream.pixels import images_to_uint8
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ class AttributeSamples:
 
 def _to_uint8(images: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
     """[N, 3, H, W] in [-1, 1] -> [N, H, W, 3] uint8."""
-    return np.clip(np.rint((images.transpose(0, 2, 3, 1) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+    return images_to_uint8(images)
 
 
 def sample_generator(generator: Any, count: int, truncation: float = 0.7, batch: int = 8, seed: int = 0,

@@ -78,7 +78,9 @@ class DlibDetector:
     """dlib's HOG frontal face detector, then the 68-point predictor on each box.
 
     `max_side`: frames whose longer side exceeds it are shrunk for the HOG pass only (its cost grows with
-    pixel count, and faces in video are large); landmarks always run at full resolution.
+    pixel count, and faces in video are large); landmarks always run at full resolution. When the shrunk
+    pass finds no face, a second pass runs at full resolution, so a face of HOG's 80 px minimum in a large
+    frame (a full-body shot) is still found; it costs more only on frames where no face was found.
     `upsample`: HOG pyramid up-steps, for faces smaller than its 80 px minimum (group photos).
     """
 
@@ -100,7 +102,10 @@ class DlibDetector:
         if self.max_side is not None and max(frame.shape[:2]) > self.max_side:
             scale = self.max_side / max(frame.shape[:2])
             image = cv2.resize(frame, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        return self._hog_boxes(image, self.upsample, self.threshold, scale, (0, 0))
+        found = self._hog_boxes(image, self.upsample, self.threshold, scale, (0, 0))
+        if not found and scale < 1.0:
+            found = self._hog_boxes(frame, self.upsample, self.threshold, 1.0, (0, 0))
+        return found
 
     def detect(self, frame: Frame) -> list[Face]:
         return [Face(box=box, score=score, landmarks=self.landmarker.refine(frame, box))

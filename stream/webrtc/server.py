@@ -76,7 +76,7 @@ class _State:
     policy: AccessPolicy
     factory: ProcessorFactory
     edit_names: tuple[str, ...]
-    default_edit: tuple[str, float] | None
+    initial_edits: tuple[tuple[str, float], ...]
     registry: PeerRegistry
 
 
@@ -97,7 +97,8 @@ async def _index(_request: web.Request) -> web.FileResponse:
 
 async def _config(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    default = {"name": state.default_edit[0], "strength": state.default_edit[1]} if state.default_edit else None
+    first = state.initial_edits[0] if state.initial_edits else None
+    default = {"name": first[0], "strength": first[1]} if first else None
     return web.json_response({
         "edits": list(state.edit_names),
         "default_edit": default,
@@ -129,8 +130,8 @@ async def _offer(request: web.Request) -> web.Response:
         loop = asyncio.get_running_loop()
         processor = await loop.run_in_executor(None, state.factory)  # may load models: not on the loop
         session = PeerSession(pc, processor, state.edit_names, registry.remove, registry.next_id())
-        if state.default_edit is not None:
-            session.worker.set_edits([state.default_edit])
+        if state.initial_edits:
+            session.worker.set_edits(list(state.initial_edits))
         await pc.setRemoteDescription(offer)
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
@@ -159,7 +160,7 @@ def create_app(
     options: ServeOptions,
     factory: ProcessorFactory,
     edit_names: Sequence[str],
-    default_edit: tuple[str, float] | None = None,
+    initial_edits: Sequence[tuple[str, float]] = (),
 ) -> web.Application:
     """The aiohttp application; `factory()` makes one processor per peer (called off the event loop)."""
     loopback = is_loopback(options.host)
@@ -171,7 +172,7 @@ def create_app(
         policy=AccessPolicy(options.token, loopback, frozenset(options.allowed_origins)),
         factory=factory,
         edit_names=tuple(edit_names),
-        default_edit=default_edit,
+        initial_edits=tuple(initial_edits),
         registry=PeerRegistry(options.max_peers),
     )
     app.router.add_get("/", _index)
