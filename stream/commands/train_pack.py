@@ -61,6 +61,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="after training, write the pack here (e.g. assets/demo_pack)")
     parser.add_argument("--sheet", type=Path, default=_REPO / "bench" / "pack_contact_sheet.png",
                         help="contact sheet PNG written with --export")
+    parser.add_argument("--baseline-pack", type=Path, default=None, metavar="PACK",
+                        help="with --export: measure this earlier pack's reconstructions on the same frames, for the "
+                             "model card's comparison (copy the shipped pack aside first if --export replaces it)")
     parser.add_argument("--results", type=Path, default=None,
                         help="bench/RESULTS.md to update with the measured numbers (with --export)")
 
@@ -136,7 +139,17 @@ def run(args: argparse.Namespace) -> int:
         from training.export import export_pack
         from training.model_card import write_results_section
 
-        card = export_pack(state, data, load_cache(crops_dir), args.export, _command_line(args, state.config), args.sheet)
+        baseline = None
+        if args.baseline_pack is not None:
+            from training.finetune import state_from_pack
+
+            baseline = state_from_pack(args.baseline_pack, state.config.holdout_clips)
+            if baseline.config.size != state.config.size:
+                raise UserError(f"--baseline-pack {args.baseline_pack}: a {baseline.config.size} px pack; the run is "
+                                f"{state.config.size} px, give a pack of the same size")
+        skipped = {p.stem: p.read_text().strip() for p in sorted(crops_dir.glob("*.skipped"))}
+        card = export_pack(state, data, load_cache(crops_dir), args.export, _command_line(args, state.config),
+                           args.sheet, baseline, skipped)
         print(f"wrote {args.export} ({card}), contact sheet {args.sheet}")
         if args.results is not None:
             metrics = json.loads((args.export / "metrics.json").read_text())
