@@ -129,12 +129,24 @@ def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArr
     return stack(blocks)
 
 
+def _published(metrics: dict | None) -> dict:
+    """The numbers a previous pack's card gave: its held-out clips' reconstruction and its student's speed."""
+    if not metrics:
+        return {}
+    faces = metrics["faces"]
+    student = metrics.get("student") or {}
+    return {"heldout_clips": faces.get("heldout_clip_names") or [faces.get("heldout_clip_name")],
+            "heldout_clip": metrics["reconstruction"]["heldout_clip"], "heldout_frames": metrics["reconstruction"]["heldout_frames"],
+            **({"teacher_ms": student["teacher_ms"], "student_ms": student["student_ms"]} if student else {})}
+
+
 def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_dir: Path, argv_note: str,
                 sheet_path: Path | None = None, baseline: TrainState | None = None,
-                skipped: dict[str, str] | None = None) -> Path:
+                skipped: dict[str, str] | None = None, baseline_published: dict | None = None) -> Path:
     """Write the pack to out_dir; returns the model card's path. `baseline` (an earlier pack's networks) gets
     its reconstructions measured on the same frames, for the card's comparison; `skipped`: clips the crop
-    cache could not use, with the reason."""
+    cache could not use, with the reason; `baseline_published`: the baseline pack's own metrics.json, whose
+    numbers (on its own split) the card quotes beside it."""
     t0 = time.monotonic()
     crops, landmarks = concat(clips)
     codes = encode_all(state.encoder_ema, data.images)
@@ -165,7 +177,8 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
                          "clips": names, "skipped": skipped or {}},
                "reconstruction": recon, "edits": reports,
                **({"baseline": {"source": baseline.history[0].get("init_from_pack", "an earlier pack"),
-                                "step": baseline.step, "reconstruction": baseline_recon}} if baseline else {}),
+                                "step": baseline.step, "reconstruction": baseline_recon,
+                                "published": _published(baseline_published)}} if baseline else {}),
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},
                "default_edit": list(default_edit),
                "default_strengths": {d.name: d.default_strength for d in directions}, "command": argv_note,

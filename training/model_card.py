@@ -31,13 +31,23 @@ def _strengths_line(metrics: dict[str, Any]) -> str:
             "change that keeps identity cosine >= 0.95).")
 
 
+def _published_line(published: dict[str, Any]) -> str:
+    clip, frames = published["heldout_clip"], published["heldout_frames"]
+    speed = (f"; its student ran in {published['student_ms']:.1f} ms against the teacher's {published['teacher_ms']:.1f} ms"
+             if "student_ms" in published else "")
+    return (f"As its own card published them (its own split): held-out clip {', '.join(published['heldout_clips'])} "
+            f"{clip['psnr_model_size']:.2f} dB over {clip['faces']} frames, held-out frames of seen people "
+            f"{frames['psnr_model_size']:.2f} dB over {frames['faces']}{speed}.")
+
+
 def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) -> list[str]:
     """The measured numbers as markdown (shared by the model card and bench/RESULTS.md)."""
     rec = metrics["reconstruction"]
     baseline = metrics.get("baseline")
     lines = ["### Reconstruction (EMA weights; PSNR of G(E(x)) against x)", "",
              *([f"Rows marked 'previous pack' are the pack this one started from ({baseline['source']}, step "
-                f"{baseline['step']}), measured on the same frames."] if baseline else []), "",
+                f"{baseline['step']}), measured on the same frames."] if baseline else []),
+             *([_published_line(baseline["published"])] if baseline and baseline.get("published") else []), "",
              f"| faces | n | PSNR at {metrics['config']['size']} px | PSNR of the up-sampled output vs the 256 px crop "
              "| identity cosine (dlib, up-sampled output vs crop) |", "|---|---|---|---|---|"]
     for name, r in rec.items():

@@ -148,8 +148,10 @@ def run(args: argparse.Namespace) -> int:
                 raise UserError(f"--baseline-pack {args.baseline_pack}: a {baseline.config.size} px pack; the run is "
                                 f"{state.config.size} px, give a pack of the same size")
         skipped = {p.stem: p.read_text().strip() for p in sorted(crops_dir.glob("*.skipped"))}
+        published = args.baseline_pack / "metrics.json" if args.baseline_pack is not None else None
         card = export_pack(state, data, load_cache(crops_dir), args.export, _command_line(args, state.config),
-                           args.sheet, baseline, skipped)
+                           args.sheet, baseline, skipped,
+                           json.loads(published.read_text()) if published and published.is_file() else None)
         print(f"wrote {args.export} ({card}), contact sheet {args.sheet}")
         if args.results is not None:
             metrics = json.loads((args.export / "metrics.json").read_text())
