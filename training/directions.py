@@ -169,12 +169,18 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
     out = []
     for name in names:
         low, high = (contrasts or CONTRASTS).get(name, (0.3, 0.3))
+        found = None
         if name == "eyes_open" and blinks:
-            idx, labels, groups = blink_groups(scores, split.clip_id, split.train)
-            contrast = f"blinks (< {BLINK_RATIO} x clip median) vs {BLINK_MATCHES} matched open frames each"
-        else:
-            idx, labels, groups = contrast_groups(scores[name], split.clip_id, split.train, low, high)
+            try:
+                found = blink_groups(scores, split.clip_id, split.train)
+                contrast: list[float] | str = (f"blinks (< {BLINK_RATIO} x clip median) vs {BLINK_MATCHES} "
+                                               "matched open frames each")
+            except ValueError:
+                log.warning("eyes_open: no training clip has two blink frames; contrasting its lowest tenth instead")
+        if found is None:
+            found = contrast_groups(scores[name], split.clip_id, split.train, low, high)
             contrast = [low, high]
+        idx, labels, groups = found
         vector = discover_mean_difference(codes[idx], labels, groups)
         layers = layers_from_norm(vector, norm_fraction)
         box = part_box(landmarks[split.train], name, crop_size)
