@@ -14,6 +14,7 @@ Writes the "Live" section of bench/RESULTS.md (other sections are kept). Numbers
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import resource
 import sys
@@ -28,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream.config import FaceConfig, ModelConfig
-from stream.realtime import live_model
+from stream.live_model import LiveModel, live_model
 from stream.report import write_section
 from stream.types import Frame, StageTimes
 from stream.webrtc import harness
@@ -55,11 +56,13 @@ class Run:
     frames_in: int
     send_kbps: float
     stages: dict[str, float]
+    loop_lag: tuple[float, float, float]  # the server event loop's lateness, ms: p50, p95, max
 
     def row(self) -> str:
         stages = ", ".join(f"{k} {v:.1f}" for k, v in self.stages.items()) or "no face edited"
+        lag = " / ".join(f"{v:.0f}" for v in self.loop_lag)
         return (f"| {self.path} | {self.size[0]}x{self.size[1]} | {self.glass_p50:.0f} | {self.glass_p95:.0f} | "
-                f"{self.fps:.1f} | {self.server_p50:.0f} / {self.server_p95:.0f} | {self.cpu_cores:.2f} | "
+                f"{self.fps:.1f} | {self.server_p50:.0f} / {self.server_p95:.0f} | {lag} | {self.cpu_cores:.2f} | "
                 f"{self.dropped}/{self.frames_in} | {self.send_kbps:.0f} | {stages} |")
 
 
@@ -76,6 +79,18 @@ class Passthrough:
         return frame
 
 
+async def loop_lag(seconds: float, interval: float = 0.01) -> list[float]:
+    """How late (ms) each of the event loop's 10 ms sleeps wakes: time the loop spent unable to run
+    (busy with a callback, or waiting for the GIL while another thread holds it)."""
+    lags: list[float] = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        await asyncio.sleep(interval)
+        lags.append((time.perf_counter() - start - interval) * 1000.0)
+    return lags
+
+
 def cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
@@ -86,14 +101,15 @@ def measure(playwright, features: str, pack: Path, path: str, size: tuple[int, i
     clip = harness.write_marked_y4m(FACES / f"{CLIPS[size]}.mp4", workdir / f"cam_{size[0]}.y4m", *size, FPS,
                                     seconds=8)
     if path == "none":
-        factory, names, edit = Passthrough, (), None
+        model = LiveModel(Passthrough, ())
     else:
         model = live_model(ModelConfig(pack=pack, path=path), FaceConfig(), [], fps=FPS)
-        factory, names, edit = model.factory, model.edit_names, (model.initial_edits or ((model.edit_names[0], 1.0),))[0]
+        if not model.default_edits:
+            model = LiveModel(model.new_processor, model.edit_names, ((model.edit_names[0], 1.0),))
     options = ServeOptions(port=0, max_peers=1)
     browser = harness.launch_chromium(playwright, clip, features)
     with harness.loopback_ice():
-        server = ServerThread(create_app(options, factory, names, edit), options).start()
+        server = ServerThread(create_app(options, model), options).start()
         try:
             page = browser.new_page()
             page.goto(server.url)
@@ -103,7 +119,9 @@ def measure(playwright, features: str, pack: Path, path: str, size: tuple[int, i
             (session,) = server.registry.sessions.values()
             t0, cpu0, wall0 = page.evaluate("performance.now()"), cpu_seconds(), time.perf_counter()
             before = session.worker.stats()
+            lag_probe = asyncio.run_coroutine_threadsafe(loop_lag(seconds), server.loop)
             time.sleep(seconds)
+            lags = np.array(lag_probe.result(10))
             cpu = (cpu_seconds() - cpu0) / (time.perf_counter() - wall0)
             after = session.worker.stats()
             window = harness.probe_latencies(page, t0)
@@ -119,7 +137,8 @@ def measure(playwright, features: str, pack: Path, path: str, size: tuple[int, i
     return Run(path, size, float(np.percentile(latency, 50)), float(np.percentile(latency, 95)),
                len(window) / seconds, after.latency_p50_ms, after.latency_p95_ms, cpu,
                after.dropped - before.dropped, after.frames_in - before.frames_in,
-               browser_stats.get("send_kbps", 0), after.stage_ms)
+               browser_stats.get("send_kbps", 0), after.stage_ms,
+               (float(np.percentile(lags, 50)), float(np.percentile(lags, 95)), float(lags.max())))
 
 
 def main() -> None:
@@ -157,14 +176,16 @@ def main() -> None:
          f"(aiortc, VP8 both ways, loopback) -> page; {pack_note}; backend auto; {args.seconds:g} s measured "
          "after 4 s warm-up. Glass-to-glass: a frame number drawn into the camera picture, read back in the "
          "page from the camera preview and from the edited video (both at display time). Server latency: "
-         "frame arrival -> edited frame handed to the encoder. CPU: the server process (decode + model + "
+         "frame arrival -> edited frame handed to the encoder. Loop lag: how late the server's event loop wakes from "
+         "10 ms sleeps (p50 / p95 / max), the time it could not run (another callback, or the GIL held by the "
+         "worker thread). CPU: the server process (decode + model + "
          f"encode), in cores, on a {_cpu_count()}-core machine shared with other jobs (load average "
          f"{load[0]:.1f} before, {os.getloadavg()[0]:.1f} after); Chromium not counted. Camera kbps: the "
          "browser's send bitrate at the end (it was asked to start at 2000 kbps)."),
         "",
-        ("| path | size | glass p50 ms | glass p95 ms | fps shown | server p50/p95 ms | server CPU (cores) | "
-         "dropped/in | camera kbps | ms per stage |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
+        ("| path | size | glass p50 ms | glass p95 ms | fps shown | server p50/p95 ms | loop lag p50/p95/max ms | "
+         "server CPU (cores) | dropped/in | camera kbps | ms per stage |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|",
         *[run.row() for run in runs],
         "",
         *_reading(runs),

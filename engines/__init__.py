@@ -1,7 +1,10 @@
 """Networks and the engines that run them.
 
 Public loaders: `load_generator(path) -> LoadedGenerator`, `load_encoder(path) -> LoadedEncoder`, for
-rosinality .pt, NVlabs .pkl, e4e/pSp .pt and the project's .safetensors (engines/checkpoints.py).
+rosinality .pt, NVlabs .pkl, e4e/pSp/ReStyle .pt and the project's .safetensors (engines/checkpoints.py;
+ReStyle's iterations in engines/restyle.py);
+`load_clip(path, activation=None) -> ClipModel` for open_clip, transformers and OpenAI CLIP weights
+(engines/clip_checkpoints.py).
 torch is imported on first use, so `import engines` (and engines.errors) stays light.
 """
 from __future__ import annotations
@@ -16,9 +19,11 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from engines.checkpoints import Checkpoint
+    from engines.nets.clip import Activation, ClipModel
     from engines.nets.stylegan2 import ExportSafeSynthesis, Generator
+    from engines.restyle import RestyleEncoder
 
-__all__ = ["LoadedEncoder", "LoadedGenerator", "load_encoder", "load_generator"]
+__all__ = ["LoadedEncoder", "LoadedGenerator", "load_clip", "load_encoder", "load_generator", "restyle_iterations"]
 
 
 def _as_tensor(x: Tensor | np.ndarray) -> tuple[Tensor, bool]:
@@ -92,6 +97,7 @@ class LoadedEncoder:
         self.module = module.eval()
         self.latent_avg = latent_avg
         self.input_size = input_size
+        self.input_nc = 3  # image channels `module` reads (ReStyle's: 6)
         self.architecture = architecture
         self.checkpoint = checkpoint
 
@@ -122,12 +128,38 @@ def load_generator(path: str | os.PathLike) -> LoadedGenerator:
 
 
 def load_encoder(path: str | os.PathLike) -> LoadedEncoder:
-    """The encoder of an e4e/pSp checkpoint or a project encoder safetensors (demo-encoder)."""
-    from engines.checkpoints import ENCODER_ARCHITECTURES, load_checkpoint
+    """The encoder of an e4e/pSp checkpoint or a project encoder safetensors (demo-encoder). A ReStyle
+    pSp / e4e checkpoint gives an engines.restyle.RestyleEncoder: `encode` takes the 6-channel input
+    and returns the raw residual codes; `restyle_iterations` runs the whole inversion."""
+    from engines.checkpoints import ENCODER_ARCHITECTURES, RESTYLE_ARCHITECTURES, load_checkpoint
 
     ckpt = load_checkpoint(path)
     if ckpt.architecture not in ENCODER_ARCHITECTURES:
         raise CheckpointError(f"{path}: holds a {ckpt.architecture} network, not an encoder")
+    if ckpt.architecture in RESTYLE_ARCHITECTURES:
+        from engines.restyle import RestyleEncoder
+
+        if ckpt.latent_avg is None:
+            raise CheckpointError(f"{path}: a ReStyle checkpoint without 'latent_avg'; its first step starts "
+                                  "from it, so the file is incomplete")
+        return RestyleEncoder(ckpt.module, ckpt.latent_avg, ckpt.architecture, ckpt, ckpt.decoder,
+                              int(ckpt.config.get("restyle_iterations", 5)))
     use_avg = ckpt.config.get("start_from_latent_avg", True)
     input_size = int(getattr(ckpt.module, "input_size", 256))
     return LoadedEncoder(ckpt.module, ckpt.latent_avg if use_avg else None, input_size, ckpt.architecture, ckpt)
+
+
+def load_clip(path: str | os.PathLike, activation: Activation | None = None) -> ClipModel:
+    """A CLIP model (ViT image tower) from open_clip, transformers or OpenAI weights; see
+    engines/clip_checkpoints.py. `activation` ("quickgelu" / "gelu") when the file does not say."""
+    from engines.clip_checkpoints import load_clip as _load_clip
+
+    return _load_clip(path, activation)
+
+
+def restyle_iterations(encoder: RestyleEncoder, generator: LoadedGenerator | nn.Module,
+                       image: Tensor | np.ndarray, n: int | None = None, **kwargs: Any) -> Any:
+    """ReStyle's inversion: codes after each of `n` steps, Tensor [n, N, num_ws, 512]; see engines/restyle.py."""
+    from engines.restyle import restyle_iterations as _restyle_iterations
+
+    return _restyle_iterations(encoder, generator, image, n, **kwargs)

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Protocol
 
 from engines.atomic import atomic_write_bytes
 
@@ -47,6 +48,14 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+class CacheKey(Protocol):
+    """What a cache entry is keyed by: the full key as JSON (kept in the sidecar) and its digest (the name)."""
+
+    def as_json(self) -> dict: ...
+
+    def digest(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class EngineKey:
     """Everything a built engine depends on; two keys that differ never share a file."""
@@ -74,19 +83,20 @@ class EngineKey:
 
 
 class EngineCache:
-    """Payloads keyed by an EngineKey, with a verified sidecar; see the module docstring."""
+    """Payloads keyed by an EngineKey (or any CacheKey: stream/tuning.py keeps tuned generators here too),
+    with a verified sidecar; see the module docstring."""
 
     def __init__(self, root: Path | None = None, suffix: str = ".engine") -> None:
         self.root = Path(root) if root is not None else default_cache_dir() / "engines"
         self.suffix = suffix
 
-    def path_for(self, key: EngineKey) -> Path:
+    def path_for(self, key: CacheKey) -> Path:
         return self.root / f"{key.digest()[:32]}{self.suffix}"
 
     def _sidecar(self, payload_path: Path) -> Path:
         return payload_path.with_suffix(payload_path.suffix + ".json")
 
-    def load(self, key: EngineKey) -> bytes | None:
+    def load(self, key: CacheKey) -> bytes | None:
         """The cached payload for key, or None (after one log line and removal) if absent or untrusted."""
         path = self.path_for(key)
         try:
@@ -101,7 +111,7 @@ class EngineCache:
         self.discard(key)
         return None
 
-    def _verify(self, path: Path, key: EngineKey, payload: bytes) -> str | None:
+    def _verify(self, path: Path, key: CacheKey, payload: bytes) -> str | None:
         sidecar = self._sidecar(path)
         try:
             meta = json.loads(sidecar.read_text())
@@ -117,7 +127,7 @@ class EngineCache:
             return "is corrupt (size or sha256 differs from its sidecar)"
         return None
 
-    def store(self, key: EngineKey, payload: bytes) -> Path:
+    def store(self, key: CacheKey, payload: bytes) -> Path:
         """Write payload then its sidecar, each atomically; a crash between leaves a detectable miss."""
         path = self.path_for(key)
         atomic_write_bytes(path, payload)
@@ -126,12 +136,12 @@ class EngineCache:
         atomic_write_bytes(self._sidecar(path), json.dumps(meta, indent=1).encode())
         return path
 
-    def discard(self, key: EngineKey) -> None:
+    def discard(self, key: CacheKey) -> None:
         path = self.path_for(key)
         path.unlink(missing_ok=True)
         self._sidecar(path).unlink(missing_ok=True)
 
-    def get_or_build(self, key: EngineKey, build: Callable[[], bytes]) -> bytes:
+    def get_or_build(self, key: CacheKey, build: Callable[[], bytes]) -> bytes:
         payload = self.load(key)
         if payload is None:
             payload = build()

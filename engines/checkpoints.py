@@ -6,7 +6,9 @@
   `torch_utils.persistence._reconstruct_persistent_obj(meta)` whose `meta['module_src']` NVlabs' loader
   executes. `_NVlabsUnpickler` allows only that call (it returns the class name and state as data),
   tensors, and plain containers; then `_generator_from_nvlabs` maps the state onto `Generator`.
-- e4e / pSp `.pt`: `{'state_dict': {'encoder.*', 'decoder.*'}, 'latent_avg', 'opts'}`.
+- e4e / pSp `.pt`: `{'state_dict': {'encoder.*', 'decoder.*'}, 'latent_avg', 'opts'}`; ReStyle's pSp / e4e
+  files are the same dict (`opts['encoder_type']` BackboneEncoder / ProgressiveBackboneEncoder, input_nc 6,
+  `n_iters_per_batch`); for them the state_dict must hold nothing but the encoder and the full decoder.
 - The project's `.safetensors`: tensors plus metadata `architecture`, `config` (JSON constructor kwargs),
   `source_sha256`, `source_format`. e4e/pSp files keep the `encoder.`/`decoder.` prefixes.
 """
@@ -36,11 +38,18 @@ from engines.nets.stylegan2 import Generator
 
 log = logging.getLogger(__name__)
 
-Architecture = Literal["stylegan2-generator", "e4e", "psp", "demo-encoder", "student"]
-ENCODER_ARCHITECTURES: tuple[Architecture, ...] = ("e4e", "psp", "demo-encoder")
+Architecture = Literal["stylegan2-generator", "e4e", "psp", "restyle-psp", "restyle-e4e", "demo-encoder", "student"]
+ENCODER_ARCHITECTURES: tuple[Architecture, ...] = ("e4e", "psp", "restyle-psp", "restyle-e4e", "demo-encoder")
+# files with an `encoder.*` network and a StyleGAN2 `decoder.*`
+_ENCODER_DECODER: tuple[Architecture, ...] = ("e4e", "psp", "restyle-psp", "restyle-e4e")
+RESTYLE_ARCHITECTURES: tuple[Architecture, ...] = ("restyle-psp", "restyle-e4e")
 FORMAT_TAG = "faceedit-stream/1"
 # e4e / pSp `opts['encoder_type']` -> our architecture name
-_ENCODER_TYPES: dict[str, Architecture] = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp"}
+_ENCODER_TYPES: dict[str, Architecture] = {"Encoder4Editing": "e4e", "GradualStyleEncoder": "psp",
+                                           "BackboneEncoder": "restyle-psp",
+                                           "ProgressiveBackboneEncoder": "restyle-e4e"}
+_ARCHITECTURE_CLASSES = {"e4e": "Encoder4Editing", "psp": "GradualStyleEncoder", "restyle-psp": "BackboneEncoder",
+                         "restyle-e4e": "ProgressiveBackboneEncoder", "demo-encoder": "DemoEncoder"}
 
 
 @dataclass
@@ -214,6 +223,12 @@ def _from_e4e_psp(path: Path, sha: str, data: Mapping[str, Any]) -> Checkpoint:
     dec_sd = {k[len("decoder."):]: v for k, v in state.items() if k.startswith("decoder.")}
     if not enc_sd:
         raise CheckpointError(f"{path}: the state_dict holds no 'encoder.' weights; not an e4e/pSp checkpoint")
+    if architecture in RESTYLE_ARCHITECTURES:
+        stray = sorted(k for k in state if not k.startswith(("encoder.", "decoder.")))
+        if stray or not dec_sd:
+            what = f"unexpected entries {stray[:4]}" if stray else "no 'decoder.' weights"
+            raise CheckpointError(f"{path}: a ReStyle checkpoint's state_dict with {what}; expected the "
+                                  "encoder and its StyleGAN2 decoder only (the file written by ReStyle's training)")
     size = enc_config["stylegan_size"]  # the generator size sets the number of styles
     encoder = _instantiate(path, lambda: build_module(architecture, enc_config), enc_sd, f"{encoder_type} encoder")
     decoder = _generator_from_rosinality(path, dec_sd) if dec_sd else None
@@ -222,6 +237,12 @@ def _from_e4e_psp(path: Path, sha: str, data: Mapping[str, Any]) -> Checkpoint:
                               f"{decoder.resolution}px; the checkpoint is inconsistent")
     config = {"encoder": enc_config, "decoder": decoder.config if decoder else None,
               "start_from_latent_avg": bool(opts.get("start_from_latent_avg", True))}
+    if architecture in RESTYLE_ARCHITECTURES:
+        try:
+            config["restyle_iterations"] = int(opts.get("n_iters_per_batch") or 5)  # upstream's default, 5
+        except (TypeError, ValueError):
+            raise CheckpointError(f"{path}: malformed opts['n_iters_per_batch'] "
+                                  f"{opts.get('n_iters_per_batch')!r}") from None
     latent_avg = _tensor_or_none(data.get("latent_avg"))
     return Checkpoint(path, f"{architecture}-pt", sha, architecture, config, encoder, decoder, latent_avg)
 
@@ -417,11 +438,10 @@ def build_module(architecture: str, config: Mapping[str, Any]) -> nn.Module:
     """The project's network for `architecture`, constructed from its kwargs `config`."""
     if architecture == "stylegan2-generator":
         return Generator(**config)
-    if architecture in ("e4e", "psp", "demo-encoder"):
+    if architecture in _ARCHITECTURE_CLASSES:
         from engines.nets import encoders
 
-        cls = {"e4e": "Encoder4Editing", "psp": "GradualStyleEncoder", "demo-encoder": "DemoEncoder"}[architecture]
-        return getattr(encoders, cls)(**config)
+        return getattr(encoders, _ARCHITECTURE_CLASSES[architecture])(**config)
     if architecture == "student":
         from engines.nets.student import ResidualStudent
 
@@ -429,21 +449,29 @@ def build_module(architecture: str, config: Mapping[str, Any]) -> nn.Module:
     raise CheckpointError(f"unknown architecture {architecture!r} (known: {', '.join(get_args(Architecture))})")
 
 
-def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, architecture: Architecture,
-                     config: Mapping[str, Any], source_sha256: str = "", extra_tensors: Mapping[str, Tensor] | None = None,
-                     source_format: str = "project") -> Path:
-    """Write tensors + metadata atomically (temp file + rename). `module` may be a state_dict."""
+def safetensors_bytes(module: nn.Module | Mapping[str, Tensor], architecture: Architecture,
+                      config: Mapping[str, Any], source_sha256: str = "",
+                      extra_tensors: Mapping[str, Tensor] | None = None, source_format: str = "project") -> bytes:
+    """The bytes of a project safetensors file (what save_safetensors writes; caches store them as they are)."""
     from safetensors.torch import save  # to bytes: safetensors' own save_file leaves files at mode 0600
 
-    if architecture not in get_args(Architecture):
-        raise CheckpointError(f"{path}: unknown architecture {architecture!r}")
     state = module.state_dict() if isinstance(module, nn.Module) else dict(module)
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in {**state, **(extra_tensors or {})}.items()}
     metadata = {"format": FORMAT_TAG, "architecture": architecture, "config": json.dumps(config, sort_keys=True),
                 "source_sha256": source_sha256, "source_format": source_format}
+    return save(tensors, metadata=metadata)
+
+
+def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.PathLike, architecture: Architecture,
+                     config: Mapping[str, Any], source_sha256: str = "", extra_tensors: Mapping[str, Tensor] | None = None,
+                     source_format: str = "project") -> Path:
+    """Write tensors + metadata atomically (temp file + rename). `module` may be a state_dict."""
+    if architecture not in get_args(Architecture):
+        raise CheckpointError(f"{path}: unknown architecture {architecture!r}")
     path = Path(path)
+    data = safetensors_bytes(module, architecture, config, source_sha256, extra_tensors, source_format)
     try:
-        atomic_write_bytes(path, save(tensors, metadata=metadata))
+        atomic_write_bytes(path, data)
     except OSError as err:
         raise CheckpointError(f"{path}: cannot write the checkpoint ({_first_line(err)}); "
                               "choose a writable folder with free space") from None
@@ -453,7 +481,7 @@ def save_safetensors(module: nn.Module | Mapping[str, Tensor], path: str | os.Pa
 def save_checkpoint(ckpt: Checkpoint, path: str | os.PathLike) -> Path:
     """Write a loaded checkpoint in the project's safetensors layout."""
     extra = {"latent_avg": ckpt.latent_avg} if ckpt.latent_avg is not None else {}
-    if ckpt.architecture in ("e4e", "psp"):
+    if ckpt.architecture in _ENCODER_DECODER:
         tensors = {f"encoder.{k}": v for k, v in ckpt.module.state_dict().items()}
         if ckpt.decoder is not None:
             tensors.update({f"decoder.{k}": v for k, v in ckpt.decoder.state_dict().items()})
@@ -484,7 +512,7 @@ def _load_safetensors(path: Path, sha: str) -> Checkpoint:
     latent_avg = tensors.pop("latent_avg", None)
     source_format = f"safetensors ({metadata.get('source_format', 'project')})"
     decoder = None
-    if architecture in ("e4e", "psp"):
+    if architecture in _ENCODER_DECODER:
         if not isinstance(config, dict) or not isinstance(config.get("encoder"), dict):
             raise CheckpointError(f"{path}: its metadata 'config' has no 'encoder' kwargs; convert it again")
         module = _instantiate(path, lambda: build_module(architecture, config["encoder"]),

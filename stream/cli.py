@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "calibrate": "calibrate",
     "train-pack": "train_pack",
     "distill": "distill",
+    "enrol": "enrol",
     "bench": "bench",
     "convert": "convert",
     "doctor": "doctor",

@@ -30,6 +30,11 @@ FILE_SMOOTHINGS: tuple[str, ...] = get_args(FileSmoothing)
 # setting removes at 2 frames of lag (Edits section of bench/RESULTS.md); it looks ceil(3 sigma) frames ahead
 DEFAULT_SMOOTHING_SIGMA = 3.0
 
+# ReStyle steps per face live (serve, camera) unless --restyle-iterations says: one step needs no generator
+# pass (the average image is computed once); each further step adds an encoder and a generator pass
+# (bench/RESULTS.md, ReStyle). Files default to the checkpoint's own n_iters_per_batch (upstream: 5).
+LIVE_RESTYLE_ITERATIONS = 1
+
 _EDIT = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*=\s*([-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?)\s*$")
 
 
@@ -56,6 +61,8 @@ class ModelConfig:
     wrote to `calibrated`. crop_size: side of the aligned crop (None: the pack's, or your generator's
     resolution). residual_colour: "rgb" / "luma" (None: the pack's setting for its generator, else rgb).
     gate: weaken edits on faces the generator draws poorly (stream/session.py).
+    tuned_generator: a copy of the generator (pack's or `generator`) tuned to one video by stream/tuning.py;
+    the generator path renders with it in place of the original, everything else unchanged.
     """
 
     pack: Path = DEFAULT_PACK
@@ -73,8 +80,12 @@ class ModelConfig:
     crop_size: int | None = None
     residual_colour: ResidualColour | None = None
     gate: bool = True
+    tuned_generator: Path | None = None
+    restyle_iterations: int | None = None
 
     def __post_init__(self) -> None:
+        if self.restyle_iterations is not None and not 1 <= self.restyle_iterations <= 20:
+            raise UserError(f"--restyle-iterations {self.restyle_iterations}: choose 1 to 20 steps")
         if self.precision is not None and self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.crop_size is not None and not 64 <= self.crop_size <= 1024:
@@ -88,7 +99,10 @@ class ModelConfig:
             raise UserError(f"unknown smoothing {self.smoothing!r}; choose one of {', '.join(SMOOTHINGS)}")
         if self.student is not None and (self.generator is not None or self.encoder is not None):
             raise UserError("give either --student or --generator/--encoder, not both")
-        for name in ("generator", "encoder", "student"):
+        if self.tuned_generator is not None and (self.student is not None or self.path == "student"):
+            raise UserError("a tuned generator is for the generator path; the student path has none "
+                            "(use --model gan, or `enrol` for a personal student)")
+        for name in ("generator", "encoder", "student", "tuned_generator"):
             value = getattr(self, name)
             if value is not None and not Path(value).is_file():
                 raise UserError(f"--{name} {value}: file not found")
@@ -151,3 +165,44 @@ class FileJobConfig:
         names = [name for name, _ in self.edits]
         if len(set(names)) != len(names):
             raise UserError(f"--edit names {names}: each edit may be given once")
+
+
+@dataclass(frozen=True)
+class InversionSettings:
+    """Code refinement: Adam on the change of the codes, `batch` frames per step.
+    layer_weight / track_weight: pull of each layer's change towards the mean over the layers, and of
+    each frame's change towards the track's mean change (squared W units, beside a loss of about 0.2)."""
+
+    steps: int = 60
+    batch: int = 4
+    lr: float = 0.01
+    layer_weight: float = 0.1
+    track_weight: float = 0.1
+
+
+@dataclass(frozen=True)
+class TuningSettings:
+    """Pivotal tuning of one clip: frames sampled every `every` frames (at most `max_frames`, spread over
+    the clip), `steps` Adam steps of `batch` frames, and per step `locality_batch` codes interpolated a
+    random fraction in [locality_reach, 1] of the way from a pivot to a random code, whose output must stay
+    the original generator's (L1, times `locality_weight`)."""
+
+    every: int = 2
+    max_frames: int = 48
+    steps: int = 200
+    batch: int = 4
+    lr: float = 3e-4
+    locality_weight: float = 1.0
+    locality_batch: int = 2
+    locality_reach: float = 0.3
+    seed: int = 0
+    invert: InversionSettings = field(default_factory=InversionSettings)
+
+    def __post_init__(self) -> None:
+        if self.max_frames < 1:
+            raise UserError(f"--tune-frames {self.max_frames}: give 1 or more")
+        if self.steps < 0 or self.invert.steps < 0:
+            raise UserError(f"--tune-steps {self.steps} / --invert-steps {self.invert.steps}: give 0 or more")
+        if self.every < 1 or self.batch < 1 or self.invert.batch < 1 or not 0.0 <= self.locality_reach <= 1.0:
+            raise UserError(f"tuning settings: every ({self.every}) and batches ({self.batch}, {self.invert.batch}) "
+                            f"must be at least 1 and locality_reach ({self.locality_reach}) a fraction in 0..1")

@@ -20,11 +20,12 @@ from stream.config import EditSpec, FaceConfig, FileJobConfig
 from stream.lookahead import LookaheadEditor
 from stream.media import FileSink, FileSource, TimedFrame, VideoInfo
 from stream.media.background import BackgroundIterator, BackgroundWriter, demuxed
-from stream.session import EditNetworks, EditSession, LocatedFaces
+from stream.session import EditNetworks, EditSession, GateStats, LocatedFaces
 from stream.types import Frame, StageTimes
 
 if TYPE_CHECKING:
     from engines import LoadedGenerator
+    from stream.faces.detection_tracker import DetectionTracker
     from stream.faces.track import FaceTracker
 
 log = logging.getLogger(__name__)
@@ -43,18 +44,26 @@ class FileJobResult:
     seconds: float
     times: StageTimes
     model: str          # "student" or "gan"
+    gate: GateStats     # how well the generator drew the faces (generator path)
 
     @property
     def fps(self) -> float:
         return self.frames / self.seconds if self.seconds > 0 else 0.0
 
 
-def build_tracker(config: FaceConfig, fps: float) -> FaceTracker:
+def build_tracker(config: FaceConfig, fps: float) -> FaceTracker | DetectionTracker:
+    """dlib: detect every few frames and follow with dlib's landmarks; a detector with its own landmarks
+    (insightface): detect every frame, no dlib."""
     from stream.faces.detect import make_detector
-    from stream.faces.track import FaceTracker
 
     detector = make_detector(config.detector, config.face_models)
-    return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
+    if config.detector == "dlib":
+        from stream.faces.track import FaceTracker
+
+        return FaceTracker(detector, detect_every=config.detect_every, fps=fps)
+    from stream.faces.detection_tracker import DetectionTracker
+
+    return DetectionTracker(detector, fps=fps)
 
 
 def _located(items: Iterable[TimedFrame | av.Packet], session: EditSession
@@ -89,13 +98,14 @@ def default_edits(config: FileJobConfig, networks: EditNetworks) -> tuple[EditSp
     return (networks.default_edit,)
 
 
-def build_session(config: FileJobConfig, fps: float, generator: LoadedGenerator | None = None
-                  ) -> tuple[EditSession, LookaheadEditor[TimedFrame] | None]:
-    """The job's edit session (networks built once, edits set) and its look-ahead, when it smooths centred.
-    generator: a loaded generator in place of the configured one (e.g. tuned to this video)."""
+def build_session(config: FileJobConfig, fps: float, generator: LoadedGenerator | None = None,
+                  networks: EditNetworks | None = None) -> tuple[EditSession, LookaheadEditor[TimedFrame] | None]:
+    """The job's edit session (edits set) and its look-ahead, when it smooths centred. networks: built
+    already (a batch worker builds them once for all its videos); else built here from config.model, with
+    `generator` (e.g. tuned to this video) in place of the configured one."""
     from stream.edits.smoothing import make_code_smoother
 
-    networks = EditNetworks(config.model, ENGINE_THREADS, generator)
+    networks = networks or EditNetworks(config.model, ENGINE_THREADS, generator)
     causal = make_code_smoother if config.smoothing == "causal" else None
     session = networks.session(build_tracker(config.face, fps), faces=config.face.faces, smoother=causal)
     state = session.set_edits(default_edits(config, networks))
@@ -116,10 +126,11 @@ def _warn_if_poorly_drawn(session: EditSession) -> None:
 
 def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | None = None,
                  on_frame: Callable[[TimedFrame], None] | None = None,
-                 generator: LoadedGenerator | None = None) -> FileJobResult:
+                 generator: LoadedGenerator | None = None, networks: EditNetworks | None = None) -> FileJobResult:
     """Edit `config.input` into `config.output`. `on_start(info)` runs once the input is probed and the
     models are loaded, `on_frame(frame)` after each frame is handed to the writer (progress bars).
-    generator: a loaded generator in place of the configured one (e.g. tuned to this video).
+    generator: a loaded generator in place of the configured one (e.g. tuned to this video); networks:
+    networks built already (they must be config.model's), shared by several jobs.
 
     Decoding, tracking and encoding run in threads of their own (stream/media/background.py) beside the
     models, so on a small CPU their times overlap rather than add up; each row of `times` is its own
@@ -129,7 +140,7 @@ def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | 
         width = info.width * 2 if config.side_by_side else info.width
         with FileSink(config.output, info, width=width, height=info.height, settings=config.encoder,
                       audio=source.audio_stream, overwrite=config.overwrite) as sink:
-            session, lookahead = build_session(config, float(info.rate) if info.rate else 30.0, generator)
+            session, lookahead = build_session(config, float(info.rate) if info.rate else 30.0, generator, networks)
             times = session.times
             if on_start is not None:
                 on_start(info)
@@ -154,4 +165,4 @@ def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | 
             seconds = time.perf_counter() - start
     log.debug("%s: %d frames in %.1f s", config.output, frames, seconds)
     _warn_if_poorly_drawn(session)
-    return FileJobResult(config.output, frames, seconds, times, session.state.path)
+    return FileJobResult(config.output, frames, seconds, times, session.state.path, session.gate)

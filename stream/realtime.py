@@ -16,15 +16,12 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Generic, Protocol, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 
 from stream.media.frames import TimedFrame
 from stream.types import Frame, StageTimes
-
-if TYPE_CHECKING:
-    from stream.config import FaceConfig, ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +38,7 @@ _STAGE_SMOOTHING = 0.2
 
 
 class FrameProcessor(Protocol):
-    """What the live runner drives; `stream.pipeline.FaceEditPipeline` is one."""
+    """What the live runner drives; `stream.session.EditSession` is one."""
 
     times: StageTimes
 
@@ -348,32 +345,3 @@ def run_live(
     if worker.error is not None:
         raise worker.error
     return worker.stats()
-
-
-@dataclass(frozen=True)
-class LiveModel:
-    """How to make one processor per live stream (each holds its own face tracks and edits)."""
-
-    factory: Callable[[], FrameProcessor]
-    edit_names: tuple[str, ...]
-    initial_edits: tuple[tuple[str, float], ...]  # applied from a stream's start (several combine)
-
-
-def live_model(model: ModelConfig, face: FaceConfig, edits: Edits, fps: float = 30.0) -> LiveModel:
-    """A LiveModel for the pack (or files) in `model`: the networks are built once, here (so that a bad
-    model fails before anything starts), and shared by every stream; each stream gets its own session
-    (face tracks, smoothing, edits). Every edit some renderer can make is offered live, by the same
-    student-or-generator rule as the file job (stream/session.py)."""
-    from stream.edits.smoothing import make_code_smoother
-    from stream.filejob import ENGINE_THREADS, build_tracker
-    from stream.session import EditNetworks
-
-    networks = EditNetworks(model, ENGINE_THREADS)
-    networks.warm()
-    chosen = networks.check_edits(edits or ([networks.default_edit] if networks.default_edit else []))
-    smoother = make_code_smoother if model.smoothing == "causal" else None
-
-    def factory() -> FrameProcessor:
-        return networks.session(build_tracker(face, fps), faces=face.faces, smoother=smoother)
-
-    return LiveModel(factory, networks.names, chosen)

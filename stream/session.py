@@ -59,9 +59,11 @@ log = logging.getLogger(__name__)
 
 RenderPath = Literal["student", "gan"]
 DEFAULT_CROP_SIZE = 256  # FFHQ crop side for a loose --student file (no pack, no generator to say)
-# Confidence gate (module docstring). Measured with the demo pack (bench/RESULTS.md, "Local edits"):
-# its training people reconstruct at 24-27 dB inside the face, unseen ones at 17-21 dB.
-GATE_LOW_DB = 15.0
+# Confidence gate (module docstring). Measured with the shipped demo pack, first 60 frames: people it trained
+# on reconstruct at 26-28 dB inside the face (d0, d3), unseen ones at 13.7-23.7 dB (sx01 13.7, lx01 14.0,
+# dt01 15.4, sp04 16.4, rr01 18.3, ls01 18.8, d19 23.7); the mouth region alone scores within 3 dB of that.
+# Below ~13 dB G(w) is a generic face and an edit drawn on it is someone else's mouth.
+GATE_LOW_DB = 13.0
 GATE_HIGH_DB = 20.0
 
 
@@ -216,7 +218,9 @@ class EditNetworks:
         if self._generator is None:
             from engines import load_generator
 
-            self._generator = load_generator(self.config.generator or self.pack.generator)  # type: ignore[union-attr]
+            # a copy tuned to one video (stream/tuning.py) stands in for the generator it was tuned from
+            path = self.config.tuned_generator or self.config.generator or self.pack.generator  # type: ignore[union-attr]
+            self._generator = load_generator(path)
         return self._generator
 
     def _directions(self) -> dict[str, Direction]:
@@ -230,12 +234,14 @@ class EditNetworks:
 
     def _engine(self, module, network: str, io: tuple[str, str], shape: tuple[int, ...]) -> Engine:
         from engines.backends import create_engine
+        from engines.backends.serial import shareable
 
         precision = self.config.precision
         if precision == "int8":
-            return self._calibrated_engine(network, io[0], shape)
-        return create_engine(module, self.config.backend, {io[0]: (shape, "float32")}, precision=precision,
-                             threads=self.threads, output_names=(io[1],))
+            return shareable(self._calibrated_engine(network, io[0], shape))
+        # several sessions (live peers) share these engines
+        return shareable(create_engine(module, self.config.backend, {io[0]: (shape, "float32")},
+                                       precision=precision, threads=self.threads, output_names=(io[1],)))
 
     def _calibrated_engine(self, network: str, input_name: str, shape: tuple[int, ...]) -> Engine:
         """INT8: the Q/DQ graph `calibrate` wrote for this network, checked against the shape it must take."""
@@ -255,6 +261,7 @@ class EditNetworks:
 
     def _build_gan(self) -> GanRenderer:
         from engines import load_encoder
+        from engines.restyle import pipeline_encoder
 
         generator = self._loaded_generator()
         encoder = load_encoder(self.config.encoder or self.pack.encoder)  # type: ignore[union-attr]
@@ -262,9 +269,10 @@ class EditNetworks:
         batch = 2  # G(w') and G(w) in one call
         generator_engine = self._engine(generator.export_safe(), "generator", GENERATOR_IO,
                                         (batch, generator.num_ws, generator.style_dim))
-        size = encoder.input_size
-        encoder_engine = self._engine(encoder.module, "encoder", ENCODER_IO, (1, 3, size, size))
-        latent_avg = None if encoder.latent_avg is None else encoder.latent_avg.detach().cpu().numpy()
+        # a ReStyle encoder runs as its whole inversion (its steps iterate with this generator)
+        module, size, average = pipeline_encoder(encoder, generator, self.config.restyle_iterations)
+        encoder_engine = self._engine(module, "encoder", ENCODER_IO, (1, 3, size, size))
+        latent_avg = None if average is None else average.detach().cpu().numpy()
         renderer = GanRenderer(encoder_engine, generator_engine, directions, crop_size=self.crop_size,
                                latent_avg=latent_avg, residual=self.config.residual,
                                residual_colour=self._residual_colour())
@@ -343,6 +351,11 @@ class GateStats:
     fidelity: float | None = None
     weight: float = 1.0
     lowest: float = float("inf")
+    total: float = 0.0
+
+    @property
+    def mean_fidelity(self) -> float:
+        return self.total / self.faces if self.faces else float("nan")
 
 
 class EditSession:
@@ -420,18 +433,20 @@ class EditSession:
         out = []
         for index, change in enumerate(rendered.changes):
             weight = 1.0
-            if rendered.fidelity is not None and self.networks.config.gate:
+            if rendered.fidelity is not None:
                 weight = self._gate(rendered.fidelity[index])
             mask = union_mask(regions, located.landmarks[index], change.shape[0])
             out.append(change * (mask * weight)[..., None])
         return out
 
     def _gate(self, fidelity: float) -> float:
-        weight = gate_weight(fidelity)
+        """The face's edit weight (1 with the gate off); the figures are kept either way."""
+        weight = gate_weight(fidelity) if self.networks.config.gate else 1.0
         self.gate.faces += 1
         self.gate.weakened += weight < 1.0
         self.gate.fidelity, self.gate.weight = fidelity, weight
         self.gate.lowest = min(self.gate.lowest, fidelity)
+        self.gate.total += fidelity
         return weight
 
     def _smooth(self, located: LocatedFaces, codes: WPlus) -> WPlus:

@@ -159,3 +159,26 @@ def test_calibrate_command_writes_int8_graphs_and_a_report(tmp_path, monkeypatch
                                   "--out", str(tmp_path / "out")])
     with pytest.raises(UserError, match="--crops"):
         calibrate.run(no_crops)
+    check_int8_reaches_the_session(tmp_path / "pack", tmp_path / "out", crops)
+
+
+def check_int8_reaches_the_session(pack, calibrated, crops) -> None:
+    """--precision int8 runs the Q/DQ graphs `calibrate` wrote, on both paths, close to fp32."""
+    from stream.config import ModelConfig
+    from stream.session import EditNetworks
+    from stream.types import StageTimes
+
+    crop = cv2.cvtColor(cv2.imread(str(crops / "0.png")), cv2.COLOR_BGR2RGB)
+    changes = {}
+    for precision in ("fp32", "int8"):
+        networks = EditNetworks(ModelConfig(pack=pack, backend="onnxruntime", precision=precision,
+                                            calibrated=calibrated, gate=False))
+        gan, students = networks.gan(), networks.students()
+        assert gan.generator.precision == gan.encoder.precision == precision
+        assert all(engine.precision == precision for engine, _ in students.students.values())
+        changes[precision] = gan.render([crop], gan.encode([crop]), [("smile", 0.5)], StageTimes()).changes[0]
+    error = np.abs(changes["int8"] - changes["fp32"]).mean() / np.abs(changes["fp32"]).mean()
+    assert error < 0.5  # the same edit, within int8's error
+    with pytest.raises(UserError, match="no calibrated generator"):
+        EditNetworks(ModelConfig(pack=pack, backend="onnxruntime", precision="int8",
+                                 calibrated=calibrated / "missing")).gan()

@@ -94,3 +94,18 @@ def test_registry():
         make_detector("insightface")
     with pytest.raises(UserError, match="unknown face detector"):
         make_detector("mtcnn")  # type: ignore[arg-type]
+
+
+def test_a_small_face_in_a_large_frame_is_found(detector):
+    """A ~110 px face in a 1920x1080 frame is ~37 px in the 640 px copy HOG first searches (below its 80 px
+    minimum): the full-size pass finds it, at the right place."""
+    import cv2
+
+    face = clip_frames("d3", limit=1)[0]
+    small = cv2.resize(face, (200, 200), interpolation=cv2.INTER_AREA)
+    frame = np.full((1080, 1920, 3), 90, np.uint8)
+    frame[700:900, 1500:1700] = small
+    found = detector.detect(frame)
+    assert len(found) == 1
+    x0, y0, x1, y1 = found[0].box
+    assert 1500 <= (x0 + x1) / 2 <= 1700 and 700 <= (y0 + y1) / 2 <= 900

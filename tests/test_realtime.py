@@ -6,11 +6,15 @@ checked exactly, not by timing. The server tests drive it with aiortc's own clie
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
+import logging
+import re
 import threading
 import time
 import urllib.error
 import urllib.request
+import weakref
 from fractions import Fraction
 
 import av
@@ -18,6 +22,7 @@ import numpy as np
 import pytest
 from aiohttp.test_utils import make_mocked_request
 
+from stream.live_model import LiveModel
 from stream.media.frames import TimedFrame
 from stream.realtime import LatestSlot, LiveWorker, keep_timed, result_only, run_live
 from stream.types import Frame, StageTimes
@@ -195,7 +200,6 @@ OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RT
 
 
 @pytest.mark.parametrize(("body", "status", "words"), [
-    (b"x" * 100, 413, "at most 50"),
     (b"not json", 400, "not JSON"),
     (json.dumps({"sdp": OFFER, "type": "answer"}).encode(), 400, "expected"),
     (json.dumps({"sdp": "hello", "type": "offer"}).encode(), 400, "v=0"),
@@ -203,7 +207,7 @@ OFFER = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RT
 ])
 def test_bad_offers_are_refused_with_a_reason(body: bytes, status: int, words: str) -> None:
     with pytest.raises(SignalingError, match=words) as err:
-        parse_offer(body, 50 if status == 413 else 10_000)
+        parse_offer(body)
     assert err.value.status == status
 
 
@@ -251,7 +255,7 @@ def test_serving_beyond_loopback_needs_a_token() -> None:
     from stream.webrtc.server import ServeOptions, create_app
 
     with pytest.raises(ValueError, match="token"):
-        create_app(ServeOptions(host="0.0.0.0"), Recorder, [])
+        create_app(ServeOptions(host="0.0.0.0"), LiveModel(Recorder, ()))
 
 
 # --- the server, driven by aiortc's own client --------------------------------------------------------
@@ -272,7 +276,7 @@ def server():
 
     options = ServeOptions(port=0, max_peers=1)
     with loopback_ice():
-        thread = ServerThread(create_app(options, Tint, ["tint"], ("tint", 1.0)), options).start()
+        thread = ServerThread(create_app(options, LiveModel(Tint, ("tint",), (("tint", 1.0),))), options).start()
         yield thread
         thread.stop()
 
@@ -343,6 +347,24 @@ def test_server_edits_a_stream_caps_peers_and_frees_a_closed_peer(server) -> Non
     asyncio.run(scenario())
 
 
+def test_a_closed_peer_is_freed_without_a_garbage_collection(server) -> None:
+    """No reference cycle keeps a closed peer (its worker, its processor) alive until a full collection."""
+    async def scenario() -> weakref.ref:
+        status, _, _, pc = await client_session(server.url, frames=5)
+        assert status == 200
+        session = weakref.ref(next(iter(server.registry.sessions.values())))
+        await pc.close()
+        await asyncio.get_running_loop().run_in_executor(None, wait_for, lambda: not server.registry.sessions)
+        return session
+
+    gc.disable()
+    try:
+        session = asyncio.run(scenario())
+        wait_for(lambda: session() is None, 5)
+    finally:
+        gc.enable()
+
+
 def test_server_page_config_and_refusals(server) -> None:
     with urllib.request.urlopen(server.url) as response:
         assert "/static/app.js" in response.read().decode()
@@ -351,6 +373,7 @@ def test_server_page_config_and_refusals(server) -> None:
     with urllib.request.urlopen(server.url + "config") as response:
         config = json.loads(response.read())
     assert config["edits"] == ["tint"] and config["ice_servers"] == [] and not config["token_required"]
+    assert config["default_edits"] == [{"name": "tint", "strength": 1.0}]
     assert post(server.url + "offer", b"{}")[0] == 400
     assert post(server.url + "offer", b"x" * 70_000)[0] == 413
     offer = json.dumps({"sdp": OFFER, "type": "offer"}).encode()
@@ -387,6 +410,9 @@ def test_serve_options_token_tls_and_limits(tmp_path) -> None:
         options_from_args(serve_args("--cert", str(tmp_path / "c.pem"), "--key", str(tmp_path / "k.pem")))
     with pytest.raises(UserError, match="--max-peers"):
         options_from_args(serve_args("--max-peers", "0"))
+    assert local.connect_timeout_s == 20 and options_from_args(serve_args("--connect-timeout", "5")).connect_timeout_s == 5
+    with pytest.raises(UserError, match="--connect-timeout"):
+        options_from_args(serve_args("--connect-timeout", "0"))
 
 
 def test_tls_serves_the_page_over_https(tmp_path) -> None:
@@ -410,7 +436,7 @@ def test_tls_serves_the_page_over_https(tmp_path) -> None:
     (tmp_path / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                                          serialization.NoEncryption()))
     options = ServeOptions(port=0, cert=tmp_path / "cert.pem", key=tmp_path / "key.pem")
-    server = ServerThread(create_app(options, Recorder, []), options).start()
+    server = ServerThread(create_app(options, LiveModel(Recorder, ())), options).start()
     try:
         assert server.url.startswith("https://127.0.0.1:")
         context = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
@@ -430,8 +456,141 @@ def test_a_server_that_cannot_listen_raises_and_releases_its_loop() -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         options = ServeOptions(port=busy.getsockname()[1])
-        server = ServerThread(create_app(options, Recorder, []), options)
+        server = ServerThread(create_app(options, LiveModel(Recorder, ())), options)
         with pytest.raises(OSError):
             server.start()
     assert server.loop.is_closed()
     server.stop()  # stopping a server that never started is harmless
+
+
+# --- hostile offers, bodies in pieces, peers that never connect (issue 14; the slow soak is test_live_soak.py)
+def aiortc_offer_sdp() -> str:
+    from tests.live_client import new_offer
+
+    async def make() -> str:
+        pc, sdp = await new_offer()
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def test_malformed_sdp_is_refused_before_any_peer_work() -> None:
+    from stream.webrtc.signaling import check_sdp
+
+    sdp = aiortc_offer_sdp()
+    check_sdp(sdp)  # a real offer passes
+    lines = sdp.split("\r\n")
+    media = [i for i, line in enumerate(lines) if line.startswith("m=")]
+    cases = {
+        "v=0\r\nm=video": "malformed",
+        re.sub(r"m=video \d+ ", "m=video x ", sdp): "malformed",
+        re.sub(r"c=IN IP4 [0-9.]+", "c=IN IP4", sdp): "malformed",
+        "\r\n".join(line for line in lines if not line.startswith("a=fingerprint")): "no DTLS fingerprint",
+        "\r\n".join(line for line in lines if not line.startswith("a=ice-pwd")): "no ICE credentials",
+        "\r\n".join(lines[:media[0]] + lines[media[1]:] + ["a=x:m=video 9 RTP/AVP 96"]): "no video track",
+    }
+    for bad, words in cases.items():
+        with pytest.raises(SignalingError, match=words) as err:
+            check_sdp(bad)
+        assert err.value.status == 400 and "\n" not in str(err.value)
+
+
+def test_body_in_pieces_is_read_whole_and_an_unconnected_peer_frees_its_slot() -> None:
+    from stream.webrtc.harness import loopback_ice
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+    from tests.live_client import http, new_offer, offer_body
+
+    options = ServeOptions(port=0, max_peers=1, max_sdp_bytes=8192, connect_timeout_s=1.0)
+    with loopback_ice():
+        server = ServerThread(create_app(options, LiveModel(Tint, ("tint",))), options).start()
+    try:
+        url = server.url + "offer"
+
+        async def scenario() -> None:
+            ghost, sdp = await new_offer()  # posts, then never answers: holds the one slot for 1 s
+            assert (await http(url, offer_body(sdp), chunks=2, pause_s=0.15))[0] == 200
+            status, refusal = await http(url, offer_body(sdp), chunked=True, chunks=3)
+            assert status == 503 and "limit of 1" in refusal["error"]
+            await asyncio.get_running_loop().run_in_executor(None, wait_for, lambda: not server.registry.sessions, 5)
+            assert (await http(url, offer_body(sdp), chunked=True, chunks=3))[0] == 200
+            status, refusal = await http(url, b"{" + b" " * 9000 + b"}", chunked=True, chunks=3)
+            assert status == 413 and "at most 8192" in refusal["error"]
+            await ghost.close()
+
+        asyncio.run(scenario())
+        wait_for(lambda: not server.registry.sessions, 5)
+        assert not [t for t in threading.enumerate() if t.name.startswith("peer-")]
+    finally:
+        server.stop()
+
+
+def test_control_messages_combine_edits() -> None:
+    from aiortc import RTCPeerConnection
+
+    from stream.webrtc.session import PeerSession
+
+    async def scenario() -> list[list[tuple[str, float]]]:
+        session = PeerSession(RTCPeerConnection(), Recorder(), ["smile", "age"], [("smile", 1.0)], lambda _: None,
+                              1, 30.0)
+        seen = [session.worker.stats().edits]
+        assert session.apply_control(json.dumps({"type": "edit", "name": "age", "strength": 0.5})) is None
+        seen.append(session.worker.stats().edits)
+        session.apply_control(json.dumps({"type": "edit", "name": "smile", "strength": 99}))
+        seen.append(session.worker.stats().edits)
+        assert "unknown edit" in session.apply_control(json.dumps({"type": "edit", "name": "x", "strength": 1}))["message"]
+        assert "JSON objects" in session.apply_control("[1]")["message"]
+        session.apply_control(json.dumps({"type": "edit", "name": "", "strength": 0}))
+        seen.append(session.worker.stats().edits)
+        await session.close()
+        return seen
+
+    assert asyncio.run(scenario()) == [[("smile", 1.0)], [("smile", 1.0), ("age", 0.5)],
+                                      [("smile", 10.0), ("age", 0.5)], []]
+
+
+# --- the live model: built once, shared, the file job's student rule ---------------------------------------
+@pytest.fixture(scope="module")
+def random_pack(tmp_path_factory: pytest.TempPathFactory):
+    from tests.random_pack import make_random_pack
+
+    return make_random_pack(tmp_path_factory.mktemp("pack")).root
+
+
+@pytest.mark.slow  # builds the networks and loads dlib's models twice: ~10 s on a busy 2-core machine
+def test_live_model_takes_the_student_only_when_students_cover_every_edit(random_pack, caplog) -> None:
+    from stream.config import FaceConfig, ModelConfig
+    from stream.live_model import live_model
+
+    config = ModelConfig(pack=random_pack, backend="torch")
+    student = live_model(config, FaceConfig(), [])  # the pack's default edit, smile, has a student
+    first, second = student.new_processor(), student.new_processor()
+    assert first.state.path == "student" or first.set_edits(student.default_edits).path == "student"
+    assert student.default_edits == (("smile", 1.0),)
+    assert first.networks is second.networks and first.tracker is not second.tracker  # one set of engines
+
+    caplog.set_level(logging.WARNING, logger="stream.session")
+    both = live_model(config, FaceConfig(), [("smile", 1.0), ("age", -0.5)])  # no student for age
+    assert both.new_processor().set_edits(both.default_edits).path == "gan"
+    assert both.default_edits == (("smile", 1.0), ("age", -0.5)) and set(both.edit_names) == {"smile", "age"}
+    assert [r.getMessage() for r in caplog.records if "no student" in r.getMessage()] == [
+        "no student for age: using the generator path for it"]
+
+
+def test_a_server_fault_is_a_500_logged_once_with_its_traceback(caplog) -> None:
+    from stream.webrtc.server import ServeOptions, ServerThread, create_app
+
+    def broken() -> Recorder:
+        raise RuntimeError("out of model memory")
+
+    options = ServeOptions(port=0)
+    server = ServerThread(create_app(options, LiveModel(broken, ())), options).start()
+    try:
+        caplog.set_level(logging.INFO)
+        status, body = post(server.url + "offer", json.dumps({"sdp": aiortc_offer_sdp(), "type": "offer"}).encode())
+    finally:
+        server.stop()
+    assert status == 500 and "log" in body["error"]
+    faults = [r for r in caplog.records if r.exc_info]
+    assert len(faults) == 1 and "out of model memory" in str(faults[0].exc_info[1])
+    assert server.registry.pending == 0 and not server.registry.sessions

@@ -269,3 +269,12 @@ def test_an_edit_is_confined_to_its_region(pack: Path, frame: Frame) -> None:
     outside = cv2.dilate((warped > 0).astype(np.uint8), np.ones((5, 5), np.uint8)) == 0
     np.testing.assert_array_equal(out[outside], frame[outside])
     assert np.abs(out[warped > 0.9].astype(int) - frame[warped > 0.9]).mean() > 0.5
+
+
+def test_your_own_generator_is_pasted_back_at_its_own_resolution(pack: Path) -> None:
+    from engines import load_generator
+
+    own = pack / "generator.safetensors"
+    assert networks(pack).crop_size == CROP_SIZE  # the pack says
+    assert networks(pack, "gan", generator=own).crop_size == load_generator(own).resolution
+    assert networks(pack, "gan", generator=own, crop_size=96).crop_size == 96  # the run's spec decides when it says

@@ -13,11 +13,11 @@ import torch
 
 from engines.nets.stylegan2 import Generator, small_generator_config
 from engines.errors import UserError
+from engines.nets.synthesis import synthesize
+from stream.losses import psnr, ssim_map
 from tests.media_clips import make_clip, trimmed_copy
 from training.data import CACHE_VERSION, ClipCrops, SkippedClip, build_cache, load_cache, make_split
 from training.directions import blink_groups, contrast_groups
-from training.losses import psnr, ssim_map
-from training.synthesis import synthesize
 
 FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 

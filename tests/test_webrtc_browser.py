@@ -87,12 +87,14 @@ class SlowTint:
 
 @contextmanager
 def serving(factory, edits: list[str], default: tuple[str, float] | None, max_peers: int = 4) -> Iterator:
+    from stream.live_model import LiveModel
     from stream.webrtc.harness import loopback_ice
     from stream.webrtc.server import ServeOptions, ServerThread, create_app
 
     options = ServeOptions(port=0, max_peers=max_peers)
+    model = LiveModel(factory, tuple(edits), (default,) if default else ())
     with loopback_ice():
-        server = ServerThread(create_app(options, factory, edits, default), options).start()
+        server = ServerThread(create_app(options, model), options).start()
         try:
             yield server
         finally:
@@ -146,11 +148,11 @@ def settle(page, edits: list[list[float | str]], bypass: bool = False) -> None:
 # --- tests ----------------------------------------------------------------------------------------------
 def test_edited_face_arrives_strength_and_view_show_in_pixels(browser, clip, pack_dir, record_property) -> None:
     from stream.config import FaceConfig, ModelConfig
-    from stream.realtime import live_model
+    from stream.live_model import live_model
 
     model = live_model(ModelConfig(pack=pack_dir, backend="torch"), FaceConfig(detect_every=3), [], fps=FPS)
-    name = model.edit_names[0]
-    with serving(model.factory, list(model.edit_names), (name, 4.0)) as server:
+    name = (model.default_edits or ((model.edit_names[0], 1.0),))[0][0]  # the pack's edit: one that works
+    with serving(model.new_processor, list(model.edit_names), (name, 4.0)) as server:
         page = open_page(browser, server)
         page.evaluate("faceedit.start()")
         harness.start_probe(page, clip)
@@ -249,3 +251,18 @@ def test_peers_up_to_the_cap_work_and_one_more_is_refused(browser, clip) -> None
         assert len(server.registry.sessions) == 2
         for page in pages[1:]:
             page.close()
+
+
+def test_edits_combine_on_the_page(browser, clip) -> None:
+    with serving(SlowTint, ["tint", "warm"], ("tint", 1.0)) as server:
+        page = open_page(browser, server)
+        page.evaluate("faceedit.start()")
+        settle(page, [["tint", 1.0]])
+        page.evaluate("faceedit.setEdit('warm', 0.5)")   # a second edit joins the first
+        settle(page, [["tint", 1.0], ["warm", 0.5]])
+        page.evaluate("faceedit.setEdit('tint', 0)")     # 0 turns one off, the other stays
+        settle(page, [["tint", 0], ["warm", 0.5]])
+        assert page.evaluate("faceedit.stats().edits") == {"tint": 0, "warm": 0.5}
+        page.evaluate("faceedit.setEdit('', 0)")         # "none" removes them all
+        settle(page, [])
+        page.close()

@@ -20,12 +20,12 @@ from torch.nn import functional as F
 
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator
+from engines.nets.synthesis import synthesize
 from stream.edits.attributes import ATTRIBUTE_NAMES, attribute_matrix
 from stream.edits.directions import Direction, discover_mean_difference, layers_from_norm
 from stream.regions import LANDMARKS_68
 from stream.types import Landmarks68
 from training.data import Split
-from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 

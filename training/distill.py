@@ -25,6 +25,7 @@ from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.pipeline import residual_change
 from stream.pixels import images_to_uint8, to_images
+from stream.regions import region_mask
 from stream.types import ResidualColour
 from training.directions import encode_all
 from training.edit_metrics import teacher_edit
@@ -47,15 +48,21 @@ class DistillConfig:
 
 
 def make_pairs(generator: Generator, encoder: torch.nn.Module, crops: npt.NDArray[np.uint8], direction: Direction,
-               strength: float, chunk: int = 128, colour: ResidualColour = "rgb") -> npt.NDArray[np.uint8]:
-    """Teacher-edited crops [N, S, S, 3] for crops [N, S, S, 3] (colour: the pack's residual_colour)."""
+               strength: float, chunk: int = 128, colour: ResidualColour = "rgb",
+               landmarks: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+    """Teacher-edited crops [N, S, S, 3] for crops [N, S, S, 3] (colour: the pack's residual_colour). With the
+    crops' landmarks [N, 68, 2] (crop pixels) the change is confined to the direction's region, as the
+    runtime confines it, so the student learns a local edit."""
     offset = edit_offset([LatentEdit(direction, strength)], direction.num_ws, direction.vector.shape[1])
     size = int(encoder.input_size)
+    region = direction.metadata.get("region", "face")
     out = []
     for i in range(0, len(crops), chunk):
         part = crops[i:i + chunk]
         codes = encode_all(encoder, to_model_input(part, size))
-        out.append(teacher_edit(generator, part, codes, offset, colour=colour))
+        masks = None if landmarks is None else np.stack(
+            [region_mask(region, lm, part.shape[1]) for lm in landmarks[i:i + chunk]])
+        out.append(teacher_edit(generator, part, codes, offset, colour=colour, masks=masks))
     return np.concatenate(out)
 
 

@@ -17,6 +17,7 @@ import numpy.typing as npt
 import torch
 
 from engines.nets.stylegan2 import Generator
+from engines.nets.synthesis import synthesize
 from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute_matrix, cosine_similarity
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
@@ -26,7 +27,6 @@ from stream.pixels import images_to_uint8
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.losses import psnr_uint8
-from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +45,15 @@ def to_uint8(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 
 def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
                  offset: npt.NDArray[np.float32], base: npt.NDArray[np.float32] | None = None,
-                 colour: ResidualColour = "rgb") -> npt.NDArray[np.uint8]:
+                 colour: ResidualColour = "rgb", masks: npt.NDArray[np.float32] | None = None
+                 ) -> npt.NDArray[np.uint8]:
     """Residual edit of crops [N, S, S, 3]: crop + up(G(w + offset) - G(w)), as the runtime pastes it
-    (stream.pipeline.residual_change with `colour`). `base` = G(w) when already known."""
+    (stream.pipeline.residual_change with `colour`). `base` = G(w) when already known. masks [N, S, S]:
+    the edit's region per crop (stream/regions.py), as the runtime confines the change."""
     base = decode(generator, codes) if base is None else base
     change = residual_change(decode(generator, codes + offset[None]) - base, crops.shape[1], colour)
+    if masks is not None:
+        change *= masks[..., None]
     return to_uint8(crops.astype(np.float32) + change)
 
 

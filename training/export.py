@@ -19,11 +19,12 @@ import torch
 from stream.edits.attributes import IdentityEmbedder, cosine_similarity
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
+from stream.losses import psnr
 from stream.modelpack import save_pack
 from training.data import ClipCrops, concat
 from training.directions import discover_directions, encode_all
 from training.edit_metrics import decode, evaluate_edits, teacher_edit, upsampled
-from training.losses import psnr, psnr_uint8
+from training.losses import psnr_uint8
 from training.model_card import write_model_card
 from training.pack import PackData, TrainState
 from training.sheets import grid, save_png, stack

@@ -3,8 +3,8 @@ network reconstructs them, trained together (L1 + (1 - SSIM), weighted towards t
 
 Lessons from DESIGN.md's probes: a low generator resolution (64 px first, then grown to 128 px by
 training/grow.py; the runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the output's detail),
-modulation applied to activations (training/
-synthesis.py, twice as fast on the CPU), a moderate learning rate (2e-3 was unstable), many steps in the
+modulation applied to activations (engines/
+nets/synthesis.py, twice as fast on the CPU), a moderate learning rate (2e-3 was unstable), many steps in the
 background with checkpoints and resume. An exponential moving average of the weights is what gets
 evaluated and exported (it removes most of the step-to-step noise of a small batch).
 
@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import cv2
 import numpy as np
 import numpy.typing as npt
 import torch
@@ -33,11 +32,11 @@ from engines.atomic import atomic_output
 from engines.errors import CheckpointError
 from engines.nets.encoders import DemoEncoder
 from engines.nets.stylegan2 import Generator, small_generator_config
+from engines.nets.synthesis import synthesize
+from stream.losses import loss_weights, psnr, reconstruction_loss
 from stream.pixels import to_images
 from training.data import ClipCrops, Split, concat, make_split
 from training.directions import EDIT_NAMES, attribute_scores
-from training.losses import psnr, reconstruction_loss
-from training.synthesis import synthesize
 
 log = logging.getLogger(__name__)
 
@@ -89,30 +88,6 @@ class TrainState:
 def to_model_input(crops: npt.NDArray[np.uint8], size: int) -> Tensor:
     """Crops [N, S, S, 3] uint8 -> [N, 3, size, size] float in [-1, 1] (area down-sampling, as the runtime)."""
     return torch.from_numpy(to_images(crops, size))
-
-
-def _hull_mask(points: npt.NDArray[np.float32], scale: float, size: int, grow: int) -> npt.NDArray[np.float32]:
-    mask = np.zeros((size, size), np.uint8)
-    hull = cv2.convexHull(np.round(points * scale).astype(np.int32))
-    cv2.fillConvexPoly(mask, hull, 1)
-    if grow:
-        mask = cv2.dilate(mask, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    return mask.astype(np.float32)
-
-
-def loss_weights(landmarks: npt.NDArray[np.float32], crop_size: int, size: int, eye_weight: float = 3.0) -> Tensor:
-    """Per-pixel loss weights [N, 1, size, size]: 1 everywhere, +1 on the face, +3 on the mouth, +eye_weight
-    on the eyes (an eye covers ~2 % of the crop, and a blink moves a few of its pixels)."""
-    scale = size / crop_size
-    grow = max(1, size // 32)
-    maps = []
-    for lm in landmarks:
-        face = _hull_mask(lm[:27], scale, size, 0)
-        mouth = _hull_mask(lm[48:60], scale, size, grow)
-        eyes = np.maximum(_hull_mask(lm[36:42], scale, size, grow), _hull_mask(lm[42:48], scale, size, grow))
-        w = cv2.GaussianBlur(1.0 + face + 3.0 * mouth + eye_weight * eyes, (0, 0), size / 64)
-        maps.append(w / w.mean())
-    return torch.from_numpy(np.stack(maps))[:, None]
 
 
 def expression_weights(landmarks: npt.NDArray[np.float32], clip_id: npt.NDArray[np.int64],

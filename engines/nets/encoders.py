@@ -8,6 +8,9 @@ generator's `latent_avg` is added (the loader adds it, see engines.load_encoder)
   `encoder.*` entries with the prefix stripped. pSp predicts every style from its pyramid level; e4e
   predicts one code w0 from the coarsest level and adds a per-style offset (all offsets active, as at
   e4e's inference stage).
+- ReStyle (Alaluf et al. 2021): `BackboneEncoder` (ReStyle-pSp) and `ProgressiveBackboneEncoder`
+  (ReStyle-e4e) read the target image and the previous reconstruction (6 channels) and predict every
+  style from the backbone's last map; their output is a residual on the previous codes (engines.restyle).
 - `DemoEncoder` is a small CNN with the same idea (coarse / middle / fine styles read from different
   pyramid levels) sized for a CPU: a few ms at 64-96 px.
 
@@ -104,6 +107,29 @@ class GradualStyleBlock(nn.Module):
         return self.linear(self.convs(x).flatten(1))  # [N, C, 1, 1] -> [N, C]
 
 
+def _input_layer(input_nc: int) -> nn.Sequential:
+    """3x3 conv (no bias) to 64 channels, BatchNorm, PReLU: the stem of every IR encoder here."""
+    return nn.Sequential(nn.Conv2d(input_nc, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.PReLU(64))
+
+
+def _ir_body(num_layers: int, mode: str) -> tuple[nn.Sequential, tuple[int, ...]]:
+    """The IR(-SE) units (each stage starts with stride 2: 256 px in, 16x16x512 out) and the index of
+    each stage's last unit."""
+    if num_layers not in _IR_STAGE_UNITS:
+        raise ValueError(f"num_layers must be one of {sorted(_IR_STAGE_UNITS)}, got {num_layers}")
+    if mode not in ("ir", "ir_se"):
+        raise ValueError(f"mode must be 'ir' or 'ir_se', got {mode!r}")
+    units: list[nn.Module] = []
+    taps: list[int] = []
+    in_channels = 64
+    for width, count in zip(_IR_STAGE_WIDTHS, _IR_STAGE_UNITS[num_layers]):
+        for i in range(count):
+            units.append(BottleneckIR(in_channels, width, 2 if i == 0 else 1, mode == "ir_se"))
+            in_channels = width
+        taps.append(len(units) - 1)
+    return nn.Sequential(*units), tuple(taps)
+
+
 class _IRPyramidEncoder(nn.Module):
     """IR(-SE) backbone + the 3-level feature pyramid + one GradualStyleBlock per style (pSp and e4e).
 
@@ -116,24 +142,11 @@ class _IRPyramidEncoder(nn.Module):
     def __init__(self, num_layers: int = 50, mode: str = "ir_se", stylegan_size: int = 1024,
                  input_nc: int = 3) -> None:
         super().__init__()
-        if num_layers not in _IR_STAGE_UNITS:
-            raise ValueError(f"num_layers must be one of {sorted(_IR_STAGE_UNITS)}, got {num_layers}")
-        if mode not in ("ir", "ir_se"):
-            raise ValueError(f"mode must be 'ir' or 'ir_se', got {mode!r}")
         self.num_ws = num_ws_for(stylegan_size)
         self.style_dim = 512
-        self.input_layer = nn.Sequential(nn.Conv2d(input_nc, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64),
-                                         nn.PReLU(64))
-        units: list[nn.Module] = []
-        taps: list[int] = []
-        in_channels = 64
-        for width, count in zip(_IR_STAGE_WIDTHS, _IR_STAGE_UNITS[num_layers]):
-            for i in range(count):
-                units.append(BottleneckIR(in_channels, width, 2 if i == 0 else 1, mode == "ir_se"))
-                in_channels = width
-            taps.append(len(units) - 1)
-        self.body = nn.Sequential(*units)
-        self._taps = tuple(taps[1:])  # ends of the 128 (64x64), 256 (32x32), 512 (16x16) stages
+        self.input_layer = _input_layer(input_nc)
+        self.body, taps = _ir_body(num_layers, mode)
+        self._taps = taps[1:]  # ends of the 128 (64x64), 256 (32x32), 512 (16x16) stages
         self.styles = nn.ModuleList(
             GradualStyleBlock(512, 512, 16 if i < _COARSE_END else 32 if i < _MIDDLE_END else 64)
             for i in range(self.num_ws))
@@ -178,27 +191,68 @@ class Encoder4Editing(_IRPyramidEncoder):
         return torch.stack(codes, dim=1)
 
 
-_E4E_ENCODERS: dict[str, type[_IRPyramidEncoder]] = {
+class BackboneEncoder(nn.Module):
+    """ReStyle-pSp's encoder: IR-SE-50 on [image, previous output] (6 channels by default), every style
+    from the final 16x16 map. forward: x [N, input_nc, 256, 256] -> codes [N, num_ws, 512], the residual
+    ReStyle adds to the previous iteration's codes (engines.restyle)."""
+
+    input_size = 256
+
+    def __init__(self, num_layers: int = 50, mode: str = "ir_se", stylegan_size: int = 1024,
+                 input_nc: int = 6) -> None:
+        super().__init__()
+        self.num_ws, self.style_dim, self.input_nc = num_ws_for(stylegan_size), 512, input_nc
+        self.input_layer = _input_layer(input_nc)
+        self.body, _ = _ir_body(num_layers, mode)
+        self.styles = nn.ModuleList(GradualStyleBlock(512, 512, 16) for _ in range(self.num_ws))
+
+    def heads(self, x: Tensor) -> list[Tensor]:
+        features = self.body(self.input_layer(x))  # [N, 512, 16, 16]
+        return [style(features) for style in self.styles]
+
+    def forward(self, x: Tensor) -> Tensor:
+        return torch.stack(self.heads(x), dim=1)
+
+
+class ProgressiveBackboneEncoder(BackboneEncoder):
+    """ReStyle-e4e's encoder: head 0 gives w0 for every style, head i >= 1 adds its delta (upstream's
+    `Inference` stage, all deltas on, which a checkpoint does not record). Same keys as BackboneEncoder."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        w0, *deltas = self.heads(x)
+        return torch.stack([w0] + [w0 + delta for delta in deltas], dim=1)
+
+
+_E4E_ENCODERS: dict[str, type[nn.Module]] = {
     "Encoder4Editing": Encoder4Editing,
     "GradualStyleEncoder": GradualStyleEncoder,
+    "BackboneEncoder": BackboneEncoder,
+    "ProgressiveBackboneEncoder": ProgressiveBackboneEncoder,
 }
+RESTYLE_ENCODER_TYPES = ("BackboneEncoder", "ProgressiveBackboneEncoder")
+# ReStyle's ResNet-34 encoders are for other domains (cars, churches...), not faces
+_UNSUPPORTED_RESTYLE = ("ResNetBackboneEncoder", "ResNetProgressiveBackboneEncoder")
 
 
 def e4e_encoder_config(opts: Mapping[str, Any], source: str = "checkpoint") -> tuple[str, dict[str, Any]]:
     """(encoder class name, constructor kwargs) that an e4e / pSp checkpoint's `opts` describe.
 
-    Both projects build IR-SE-50. Reads `encoder_type`, the generator size from `stylegan_size` (e4e) or
-    `output_size` (pSp), default 1024, and `input_nc` (pSp, default 3). `source` names the file in the
+    All of them build IR-SE-50. Reads `encoder_type`, the generator size from `stylegan_size` (e4e) or
+    `output_size` (pSp, ReStyle), default 1024, and `input_nc` (default 3; 6 for ReStyle). `source` names the file in the
     CheckpointError raised for an encoder type this project lacks or a malformed value.
     """
     encoder_type = str(opts.get("encoder_type"))
+    if encoder_type in _UNSUPPORTED_RESTYLE:
+        raise CheckpointError(
+            f"{source}: ReStyle's {encoder_type} (a ResNet-34 backbone for non-face domains) is not supported; "
+            "use a ReStyle face checkpoint (BackboneEncoder or ProgressiveBackboneEncoder, IR-SE-50)")
     if encoder_type not in _E4E_ENCODERS:
         raise CheckpointError(
             f"{source}: e4e/pSp encoder_type {opts.get('encoder_type')!r} is not supported; "
             f"use a checkpoint with one of {sorted(_E4E_ENCODERS)}")
     try:
         size = int(opts.get("stylegan_size") or opts.get("output_size") or 1024)
-        input_nc = int(opts.get("input_nc") or 3)
+        input_nc = int(opts.get("input_nc") or (6 if encoder_type in RESTYLE_ENCODER_TYPES else 3))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{source}: malformed e4e/pSp opts ({err}); expected integer sizes") from None
     return encoder_type, {"num_layers": 50, "mode": "ir_se", "stylegan_size": size, "input_nc": input_nc}

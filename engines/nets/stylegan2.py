@@ -8,6 +8,11 @@ Two forms of the same function:
   up-sampling is a depthwise conv_transpose / conv with constant taps and noise is a constant buffer,
   so ONNX Runtime and TensorRT accept it, and it is the faster form on CPU.
 
+Style space (StyleSpace, Wu et al. 2021; StyleCLIP's global directions): every modulated layer's
+style s = modulation(w), one vector per layer. `ExportSafeSynthesis.styles(wplus)` computes them and
+`from_styles(styles)` draws from them, so an edit can move single style channels; `StyleSpaceSynthesis`
+is that as one module over all styles concatenated (for export).
+
 The only special op, FIR filtering (`upfirdn2d`), has a reference twin picked per call (`impl`);
 tests compare the two.
 """
@@ -351,8 +356,8 @@ class _SafeModConv(nn.Module):
             self.register_buffer("weight", weight.contiguous())
         self.register_buffer("weight_sq", weight.square().sum([2, 3]).t().contiguous())  # [I, O]
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        s = self.modulation(w)  # [N, I]
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        """x [N, I, H, W] and the layer's style s = modulation(w) [N, I]."""
         x = x * s[:, :, None, None]
         if self.upsample:
             x = fir_conv(F.conv_transpose2d(x, self.weight, stride=2), self.blur_weight, 1, self.blur_pad)
@@ -372,8 +377,8 @@ class _SafeStyledConv(nn.Module):
         self.register_buffer("bias", src.activate.bias.detach().clone().view(1, -1, 1, 1))
         self.clamp = src.activate.clamp
 
-    def forward(self, x: Tensor, w: Tensor) -> Tensor:
-        x = self.conv(x, w)
+    def forward(self, x: Tensor, s: Tensor) -> Tensor:
+        x = self.conv(x, s)
         if x.requires_grad:  # out of place keeps the tensors autograd saved
             x = F.leaky_relu(x + self.noise + self.bias, 0.2) * SQRT2
             return x if self.clamp is None else x.clamp(-self.clamp, self.clamp)
@@ -392,8 +397,8 @@ class _SafeToRGB(nn.Module):
             self.register_buffer("up_weight", fir_weight(src.upsample.kernel, 3, up=src.upsample.factor))
             self.up_factor, self.up_pad0 = src.upsample.factor, src.upsample.pad[0]
 
-    def forward(self, x: Tensor, w: Tensor, skip: Tensor | None = None) -> Tensor:
-        out = self.conv(x, w) + self.bias
+    def forward(self, x: Tensor, s: Tensor, skip: Tensor | None = None) -> Tensor:
+        out = self.conv(x, s) + self.bias
         if self.clamp is not None:
             out = out.clamp(-self.clamp, self.clamp)
         if skip is None:
@@ -416,10 +421,40 @@ class ExportSafeSynthesis(nn.Module):
         self.eval()
 
     def forward(self, wplus: Tensor) -> Tensor:
-        x = self.conv1(self.const.expand(wplus.shape[0], -1, -1, -1), wplus[:, 0])
-        skip = self.to_rgb1(x, wplus[:, 1])
+        return self.from_styles(self.styles(wplus))
+
+    def style_layers(self) -> list[tuple[nn.Module, int, bool]]:
+        """(layer, the W+ entry it reads, whether it is a ToRGB) for every modulated layer, in the
+        order of `styles`: conv1, to_rgb1, then per resolution two convs and a ToRGB."""
+        layers: list[tuple[nn.Module, int, bool]] = [(self.conv1, 0, False), (self.to_rgb1, 1, True)]
         for i, to_rgb in enumerate(self.to_rgbs):
-            x = self.convs[2 * i](x, wplus[:, 2 * i + 1])
-            x = self.convs[2 * i + 1](x, wplus[:, 2 * i + 2])
-            skip = to_rgb(x, wplus[:, 2 * i + 3], skip)
+            layers += [(self.convs[2 * i], 2 * i + 1, False), (self.convs[2 * i + 1], 2 * i + 2, False),
+                       (to_rgb, 2 * i + 3, True)]
+        return layers
+
+    def styles(self, wplus: Tensor) -> list[Tensor]:
+        """W+ [N, num_ws, D] -> each modulated layer's style [N, C_in] (`style_layers` order)."""
+        return [layer.conv.modulation(wplus[:, index]) for layer, index, _ in self.style_layers()]
+
+    def from_styles(self, styles: Sequence[Tensor]) -> Tensor:
+        """Each modulated layer's style (`style_layers` order) -> image [N, 3, H, W]."""
+        x = self.conv1(self.const.expand(styles[0].shape[0], -1, -1, -1), styles[0])
+        skip = self.to_rgb1(x, styles[1])
+        for i, to_rgb in enumerate(self.to_rgbs):
+            x = self.convs[2 * i](x, styles[3 * i + 2])
+            x = self.convs[2 * i + 1](x, styles[3 * i + 3])
+            skip = to_rgb(x, styles[3 * i + 4], skip)
         return skip
+
+
+class StyleSpaceSynthesis(nn.Module):
+    """forward(styles [N, S]) -> image: every layer's style concatenated in `style_layers` order
+    (S = 9088 at 1024 px), for an engine that draws style-space edits."""
+
+    def __init__(self, synthesis: ExportSafeSynthesis) -> None:
+        super().__init__()
+        self.synthesis = synthesis
+        self.widths = [int(layer.conv.weight_sq.shape[0]) for layer, _, _ in synthesis.style_layers()]
+
+    def forward(self, styles: Tensor) -> Tensor:
+        return self.synthesis.from_styles(list(styles.split(self.widths, dim=1)))

@@ -25,7 +25,7 @@ NETWORK_KINDS = ("generator", "encoder", "students")
 
 @dataclass(frozen=True)
 class Network:
-    """One network as the pipeline runs it: input/output names match stream/filejob.py."""
+    """One network as the pipeline runs it: input/output names are stream/pipeline.py's *_IO."""
 
     name: str
     module: nn.Module
@@ -51,6 +51,7 @@ def add_network_arguments(parser: argparse.ArgumentParser) -> None:
 def load_networks(args: argparse.Namespace) -> list[Network]:
     """The networks args ask for, from explicit checkpoints or the pack."""
     from engines import load_encoder, load_generator
+    from stream.pipeline import ENCODER_IO, GENERATOR_IO, STUDENT_IO
 
     wanted = set(args.networks)
     needs_pack = ("students" in wanted or ("generator" in wanted and args.generator is None)
@@ -63,16 +64,19 @@ def load_networks(args: argparse.Namespace) -> list[Network]:
     networks = []
     if "generator" in wanted:
         generator = load_generator(args.generator or pack.generator)  # type: ignore[union-attr]
-        networks.append(Network("generator", generator.export_safe(), "wplus",
-                                (generator.num_ws, generator.style_dim), "image", generator.mapping))
+        networks.append(Network("generator", generator.export_safe(), GENERATOR_IO[0],
+                                (generator.num_ws, generator.style_dim), GENERATOR_IO[1], generator.mapping))
     if "encoder" in wanted:
         encoder = load_encoder(args.encoder or pack.encoder)  # type: ignore[union-attr]
         size = encoder.input_size
-        networks.append(Network("encoder", encoder.module, "image", (3, size, size), "codes"))
+        # ReStyle's encoder reads 6 channels (the target and the previous reconstruction)
+        networks.append(Network("encoder", encoder.module, ENCODER_IO[0], (encoder.input_nc, size, size),
+                                ENCODER_IO[1]))
     if "students" in wanted and pack is not None:
         for edit in sorted(pack.students):
             size = pack.crop_size
-            networks.append(Network(f"student-{edit}", pack.load_student(edit), "image", (3, size, size), "edited"))
+            networks.append(Network(f"student-{edit}", pack.load_student(edit), STUDENT_IO[0], (3, size, size),
+                                    STUDENT_IO[1]))
     if not networks:
         raise UserError("no networks selected: pass --networks and a --pack or checkpoint files")
     return networks

@@ -82,8 +82,8 @@ def run(args: argparse.Namespace) -> int:
             sinks.append(window)
         print("loading the model ...", flush=True)
         model = live_model_from_args(args, source.fps)
-        edits = list(model.initial_edits)
-        applying = f"{edits[0][0]}={edits[0][1]:g}" if edits else "none"
+        edits = list(model.default_edits)
+        applying = ", ".join(f"{name}={strength:g}" for name, strength in edits) or "none"
         print(f"edits: {', '.join(model.edit_names) or 'none'}; applying {applying}; Ctrl+C to stop", flush=True)
         with tqdm(total=args.frames, unit="frame", dynamic_ncols=True) as bar:
             def progress(stats) -> None:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
                 bar.set_postfix(fps=f"{stats.fps:.1f}", latency_ms=f"{stats.latency_p50_ms:.0f}",
                                 dropped=stats.dropped, refresh=False)
 
-            stats = run_live(source, model.factory(), sinks, edits, args.frames, progress)
+            stats = run_live(source, model.new_processor(), sinks, edits, args.frames, progress)
     finally:
         for close in reversed(closers):
             close()

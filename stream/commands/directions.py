@@ -1,4 +1,4 @@
-"""`directions {list,discover,sefa}`: show, discover and compute editing directions."""
+"""`directions {list,discover,sefa,text}`: show, discover and compute editing directions."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-HELP = "list a directions file, discover a direction on a generator (mean difference), or compute SeFa ones"
+HELP = ("list a directions file, discover a direction on a generator (mean difference), compute SeFa ones, "
+        "or find one from text with CLIP")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +50,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sefa.add_argument("-k", type=int, default=5, help="number of directions (default 5)")
     sefa.add_argument("--layers", default="all", help="W+ layers to factorise: all, coarse, middle, fine, 0-3,...")
     sefa.set_defaults(run_action=_sefa)
+    _add_text_arguments(sub)
+
+
+def _add_text_arguments(sub) -> None:
+    text = sub.add_parser("text", help="a direction from a text prompt: CLIP scores faces against the target and "
+                                       "neutral texts (mean difference of the top and bottom scorers), or "
+                                       "StyleCLIP's global direction in style space")
+    text.add_argument("prompt", help='the target, e.g. "a smiling face"')
+    text.add_argument("--method", choices=("mean-difference", "global"), default="mean-difference",
+                      help="mean-difference (default) or global: StyleCLIP global directions (style channels "
+                           "picked by CLIP relevance, measured once per generator and cached)")
+    text.add_argument("--neutral", default="a face", help='what the target is contrasted with (default "a face")')
+    text.add_argument("--clip", type=Path, required=True, metavar="PATH",
+                      help="CLIP weights: open_clip .safetensors/.bin or folder, transformers CLIPModel folder, "
+                           "or OpenAI's ViT-*.pt")
+    text.add_argument("--clip-activation", choices=("quickgelu", "gelu"),
+                      help="CLIP's MLP activation when the file does not say (OpenAI, laion400m: quickgelu; "
+                           "laion2b, datacomp: gelu)")
+    text.add_argument("--generator", type=Path, help="generator checkpoint (default: the pack's)")
+    text.add_argument("--pack", type=Path, default=None, help="model pack for the generator (default: the demo pack)")
+    text.add_argument("--codes", type=Path, action="append", default=[], metavar="FILE.npy",
+                      help="W+ codes [N, num_ws, 512] of inverted real faces (repeatable: each file is a group, "
+                           "e.g. one clip, and the contrast is taken within it)")
+    text.add_argument("--samples", type=int, default=None,
+                      help="generator samples to score (default 64 without --codes, 0 with)")
+    text.add_argument("--fraction", type=float, default=0.3, help="top and bottom share contrasted (default 0.3)")
+    text.add_argument("--layers", default="auto",
+                      help="mask: auto (where the norm lies), coarse, middle, fine, all or e.g. 0-3,8")
+    text.add_argument("--name", help="direction name (default: from the prompt, e.g. smiling_face)")
+    text.add_argument("--truncation", type=float, default=0.7, help="truncation psi of the samples (default 0.7)")
+    text.add_argument("--seed", type=int, default=0)
+    text.add_argument("--beta", type=float, default=None,
+                      help="global: relevance threshold picking the style channels (default 0.1)")
+    text.add_argument("--strength", type=float, default=None,
+                      help="global: the direction's strength 1 in StyleCLIP's alpha, standard deviations of "
+                           "the most relevant channel (default 3)")
+    text.add_argument("--relevance-samples", type=int, default=None,
+                      help="global: faces per style channel when measuring relevance (default 4 on the CPU)")
+    text.add_argument("--cache", type=Path, metavar="DIR",
+                      help="global: where the relevance is kept (default: the user cache)")
+    text.add_argument("--out", type=Path, required=True, metavar="DIR",
+                      help="folder for directions.safetensors (added to when it exists), or a .safetensors file")
+    text.set_defaults(run_action=_text)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,3 +180,76 @@ def _sefa(args: argparse.Namespace) -> int:
         _print_direction(d)
     _save(args.out, directions)
     return 0
+
+
+def _text_output(out: Path) -> Path:
+    if out.suffix == ".safetensors":
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    return out / "directions.safetensors"
+
+
+def _text(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from engines import load_clip, load_generator
+    from engines.errors import UserError
+    from stream.edits.text import clip_scores, sample_codes, text_direction
+
+    generator_path = args.generator
+    if generator_path is None:
+        from stream.modelpack import DEFAULT_PACK, load_pack
+
+        generator_path = load_pack(args.pack or DEFAULT_PACK).generator
+    generator = load_generator(generator_path)
+    clip = load_clip(args.clip, args.clip_activation)
+    if args.method == "global":
+        direction = _global_direction(args, clip, generator)
+        _print_direction(direction)
+        _save(_text_output(args.out), [direction])
+        return 0
+    parts, groups = [], []
+    for index, path in enumerate(args.codes):
+        try:
+            codes = np.load(path, allow_pickle=False).astype(np.float32)
+        except (OSError, ValueError) as err:
+            raise UserError(f"--codes {path}: not a readable .npy file ({err})") from None
+        if codes.ndim != 3 or codes.shape[1:] != (generator.num_ws, generator.style_dim):
+            raise UserError(f"--codes {path}: shape {list(codes.shape)}; expected [N, {generator.num_ws}, "
+                            f"{generator.style_dim}] W+ codes for this generator")
+        parts.append(codes)
+        groups.append(np.full(len(codes), index))
+    samples = args.samples if args.samples is not None else (0 if args.codes else 64)
+    if samples:
+        parts.append(sample_codes(generator, samples, args.truncation, args.seed))
+        groups.append(np.full(samples, len(args.codes)))
+    if not parts:
+        raise UserError("no faces to score: give --samples N or --codes FILE.npy")
+    codes = np.concatenate(parts)
+    with tqdm(total=len(codes), unit="face", desc="CLIP scores", dynamic_ncols=True) as bar:
+        scores = clip_scores(clip, generator.synthesis, codes, args.prompt, args.neutral, progress=bar.update)
+    source = " + ".join([f"{len(p)} from {f.name}" for p, f in zip(parts, args.codes)]
+                        + ([f"{samples} generator samples"] if samples else []))
+    direction = text_direction(codes, scores, args.prompt, args.neutral, fraction=args.fraction,
+                               groups=np.concatenate(groups) if len(parts) > 1 else None, layers=args.layers,
+                               name=args.name, source=f"faces ({source})")
+    _print_direction(direction)
+    _save(_text_output(args.out), [direction])
+    return 0
+
+
+def _global_direction(args: argparse.Namespace, clip, generator):
+    from tqdm import tqdm
+
+    from engines.cache import default_cache_dir
+    from stream.edits import global_directions as gd
+
+    samples = args.relevance_samples or gd.DEFAULT_SAMPLES
+    channels = sum(width for _, width in gd.conv_style_layers(generator.export_safe()))
+    cache = args.cache or default_cache_dir() / "style_relevance"
+    with tqdm(total=channels, unit="channel", desc=f"style relevance ({samples} faces each)",
+              dynamic_ncols=True) as bar:
+        relevance = gd.cached_relevance(clip, generator, cache, samples, seed=args.seed, progress=bar.update)
+    return gd.global_direction(clip, generator, relevance, args.prompt, args.neutral,
+                               beta=gd.DEFAULT_BETA if args.beta is None else args.beta,
+                               strength=3.0 if args.strength is None else args.strength, name=args.name)

@@ -82,12 +82,13 @@ def run(args: argparse.Namespace) -> int:
     # the teacher is this generator at this vector strength (a re-export recalibrates default_strength)
     vector_strength = strength * directions[edit].default_strength
     teacher = f"{file_sha256(pack.generator)[:12]}_{file_sha256(pack.directions)[:12]}"
-    pairs_path = args.run_dir / f"pairs_{edit}_{vector_strength:g}_{colour}_{teacher}.npy"
+    region = directions[edit].metadata.get("region", "face")
+    pairs_path = args.run_dir / f"pairs_{edit}_{vector_strength:g}_{colour}_{region}_{teacher}.npy"
     if pairs_path.exists():
         targets = np.load(pairs_path)
     else:
         targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 128], directions[edit],
-                                             vector_strength, colour=colour)
+                                             vector_strength, colour=colour, landmarks=landmarks[i:i + 128])
                                   for i in tqdm(range(0, len(crops), 128), desc="teacher pairs", unit="batch")])
         save_pairs(pairs_path, targets)
     config = DistillConfig(edit, strength, width=args.width, depth=args.depth, batch=args.batch)

@@ -15,6 +15,7 @@ from stream.config import (
     MODEL_PATHS,
     FaceConfig,
     FileJobConfig,
+    TuningSettings,
 )
 from stream.media.sink import CODECS
 from stream.modelpack import DEFAULT_PACK
@@ -64,6 +65,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--face-models", type=Path, metavar="DIR", help="insightface model folder (det_*.onnx)")
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_model_arguments(parser)
+    add_tuning_arguments(parser)
+
+
+def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """Pivotal tuning to the clip's face (stream/tuning.py); shared with `enrol`."""
+    defaults = TuningSettings()
+    parser.add_argument("--tune", action="store_true",
+                        help="first tune a copy of the generator to this clip's face (pivotal tuning on the "
+                             "largest face; minutes on a CPU, cached per clip), then edit with it (gan path)")
+    parser.add_argument("--tune-steps", type=int, default=defaults.steps, metavar="N",
+                        help=f"generator tuning steps (default {defaults.steps})")
+    parser.add_argument("--tune-frames", type=int, default=defaults.max_frames, metavar="N",
+                        help=f"frames of the clip to tune on, spread over it (default {defaults.max_frames})")
+    parser.add_argument("--invert-steps", type=int, default=defaults.invert.steps, metavar="N",
+                        help=f"code refinement steps before tuning (default {defaults.invert.steps})")
+
+
+def tuning_settings(args: argparse.Namespace) -> TuningSettings:
+    from dataclasses import replace
+
+    defaults = TuningSettings()
+    return TuningSettings(steps=args.tune_steps, max_frames=args.tune_frames,
+                          invert=replace(defaults.invert, steps=args.invert_steps))
+
+
+def tune_with_progress(video: Path, model, face, settings):
+    """stream.tuning.tune_for_video with a tqdm bar per phase; returns its TunedGenerator."""
+    from tqdm import tqdm
+
+    from stream.tuning import tune_for_video
+
+    titles = {"faces": "finding faces", "invert": "refining codes", "tune": "tuning generator"}
+    bars: dict[str, tqdm] = {}
+
+    def on_step(phase: str, done: int, total: int) -> None:
+        if phase not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[phase] = tqdm(total=total or None, desc=titles[phase], unit="frame" if phase == "faces" else "step",
+                               dynamic_ncols=True)
+        bars[phase].update(done - bars[phase].n)
+
+    try:
+        return tune_for_video(video, model, face, settings, on_step=on_step)
+    finally:
+        for bar in bars.values():
+            bar.close()
 
 
 def model_config(args: argparse.Namespace, **files: Path | None):
@@ -76,6 +124,8 @@ def model_config(args: argparse.Namespace, **files: Path | None):
 
 
 def job_config(args: argparse.Namespace) -> FileJobConfig:
+    from dataclasses import replace
+
     from engines.errors import UserError
     from stream.config import parse_edit
     from stream.media.sink import EncoderSettings
@@ -84,7 +134,13 @@ def job_config(args: argparse.Namespace) -> FileJobConfig:
     if args.student is not None and len(edits) != 1:
         raise UserError(f"--student {args.student}: a student performs one edit; give exactly one --edit")
     model = model_config(args, generator=args.generator, encoder=args.encoder, directions=tuple(args.directions),
-                         student=args.student, student_edit=edits[0][0] if args.student else None)
+                         student=args.student, student_edit=edits[0][0] if args.student else None,
+                         restyle_iterations=args.restyle_iterations)
+    if args.tune:
+        if args.student is not None or args.model == "student":
+            raise UserError("--tune tunes the generator, and the student path has none: use --model gan "
+                            "(or `enrol CLIP --out DIR` for a personal student)")
+        model = replace(model, path="gan")
     return FileJobConfig(
         input=args.input,
         output=args.output,
@@ -133,8 +189,34 @@ def run_with_progress(config: FileJobConfig):
             bar[0].close()
 
 
+def check_paths(config: FileJobConfig) -> None:
+    """Open IN and set up OUT (then drop it): a bad path fails now, not after minutes of tuning."""
+    from stream.media import FileSink, FileSource
+
+    with FileSource(config.input) as source:
+        FileSink(config.output, source.info, settings=config.encoder, overwrite=config.overwrite).abort()
+
+
+def with_tuned_generator(config: FileJobConfig, args: argparse.Namespace) -> FileJobConfig:
+    """The job's config rendering with the generator tuned to its input (tuned now or from the cache)."""
+    from dataclasses import replace
+
+    check_paths(config)
+    tuned = tune_with_progress(config.input, config.model, config.face, tuning_settings(args))
+    if tuned.tuning is None:
+        print(f"using the generator tuned to this clip earlier: {tuned.path}")
+    else:
+        t = tuned.tuning
+        print(f"tuned the generator to {t.frames} frames in {t.seconds:.0f} s: reconstruction "
+              f"{t.psnr_encoded:.1f} dB -> {t.psnr_tuned:.1f} dB (cached in {tuned.path})")
+    return replace(config, model=replace(config.model, tuned_generator=tuned.path))
+
+
 def run(args: argparse.Namespace) -> int:
-    result = run_with_progress(job_config(args))
+    config = job_config(args)
+    if args.tune:
+        config = with_tuned_generator(config, args)
+    result = run_with_progress(config)
     print(stage_table(result))
     print(f"wrote {result.output}")
     return 0

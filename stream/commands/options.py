@@ -10,8 +10,12 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generator", type=Path,
                         help="generator checkpoint: rosinality .pt, NVlabs .pkl, e4e/pSp .pt or safetensors "
                              "(gan path; default: the pack's)")
-    parser.add_argument("--encoder", type=Path, help="encoder checkpoint: e4e/pSp .pt or safetensors "
+    parser.add_argument("--encoder", type=Path, help="encoder checkpoint: e4e/pSp/ReStyle .pt or safetensors "
                                                      "(gan path; default: the pack's)")
+    parser.add_argument("--restyle-iterations", type=int, metavar="N",
+                        help="ReStyle encoder: steps per face, each an encoder and a generator pass (default: "
+                             "the file's n_iters_per_batch, 5, for files; 1 live). Give the same file as "
+                             "--generator: ReStyle iterates with its own decoder")
     parser.add_argument("--directions", type=Path, action="append", default=[], metavar="FILE",
                         help="directions: a project directions file or a published .pt/.npy direction, "
                              "named after the file (repeatable; default: the pack's)")

@@ -29,13 +29,14 @@ log = logging.getLogger(__name__)
 def add_model_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and face options of the live commands (`serve`, `camera`)."""
     parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
-                        help="edit applied from the start, e.g. smile=1.0 (default: the pack's)")
+                        help="edit applied from the start, e.g. smile=1.0; repeat to combine edits (default: the "
+                             "pack's)")
     parser.add_argument("--pack", type=Path, default=DEFAULT_PACK, metavar="DIR",
                         help="model pack folder (default: assets/demo_pack)")
     add_checkpoint_arguments(parser)
     parser.add_argument("--model", choices=MODEL_PATHS, default="auto",
                         help="student (distilled, fast) or gan (encoder + generator); auto: student when the "
-                             "pack has students")
+                             "pack's students cover every --edit")
     parser.add_argument("--backend", default="auto", choices=get_args(BackendChoice),
                         help="inference backend (auto: TensorRT, then ONNX Runtime, then PyTorch)")
     parser.add_argument("--no-residual", action="store_true",
@@ -51,13 +52,14 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def live_model_from_args(args: argparse.Namespace, fps: float = 30.0):
-    from stream.config import FaceConfig, ModelConfig, parse_edit
-    from stream.realtime import live_model
+    from stream.config import LIVE_RESTYLE_ITERATIONS, FaceConfig, ModelConfig, parse_edit
+    from stream.live_model import live_model
 
     edits = [parse_edit(text) for text in args.edit]
     model = ModelConfig(pack=args.pack, path=args.model, backend=args.backend, residual=not args.no_residual,
                         smoothing=args.smoothing, generator=args.generator, encoder=args.encoder,
-                        directions=tuple(args.directions), **engine_options(args))
+                        directions=tuple(args.directions),
+                        restyle_iterations=args.restyle_iterations or LIVE_RESTYLE_ITERATIONS, **engine_options(args))
     face = FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
                       faces=args.faces)
     return live_model(model, face, edits, fps)
@@ -74,6 +76,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                         help="another web origin allowed to start streams (default: only this server's page)")
     parser.add_argument("--max-peers", type=int, default=4, help="concurrent streams before refusing (default 4)")
+    parser.add_argument("--connect-timeout", type=float, default=20.0, metavar="SECONDS",
+                        help="close a peer whose connection (ICE and DTLS) is not up this long after its offer "
+                             "was answered, freeing its slot (default 20)")
     parser.add_argument("--cert", type=Path, help="TLS certificate (PEM); browsers allow cameras only on "
                                                   "https or localhost")
     parser.add_argument("--key", type=Path, help="TLS private key (PEM)")
@@ -91,6 +96,8 @@ def options_from_args(args: argparse.Namespace):
             raise UserError(f"{flag} {path}: file not found")
     if args.max_peers < 1:
         raise UserError(f"--max-peers {args.max_peers}: must be 1 or more")
+    if not 1 <= args.connect_timeout <= 600:
+        raise UserError(f"--connect-timeout {args.connect_timeout:g}: must be 1..600 seconds")
     if not 0 <= args.port <= 65535:
         raise UserError(f"--port {args.port}: must be 0..65535")
     token = args.token
@@ -101,7 +108,7 @@ def options_from_args(args: argparse.Namespace):
                     "on plain http", args.host)
     return ServeOptions(host=args.host, port=args.port, token=token, stun=tuple(args.stun),
                         allowed_origins=tuple(args.allow_origin), max_peers=args.max_peers,
-                        cert=args.cert, key=args.key)
+                        connect_timeout_s=args.connect_timeout, cert=args.cert, key=args.key)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -112,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
     options = options_from_args(args)
     print("loading the model ...", flush=True)
     model = live_model_from_args(args)
-    app = create_app(options, model.factory, model.edit_names, model.initial_edits)
+    app = create_app(options, model)
     try:
         context = ssl_context(options)
     except (OSError, ValueError) as err:

@@ -3,6 +3,11 @@
 aiohttp serves; aiortc carries the media. ICE uses no STUN server unless one is given (aiortc would
 otherwise ask a public one), so no traffic leaves the machine by default. Peers are capped; one more
 is refused with 503 and a JSON message, never queued.
+
+An offer is checked in full (access, body, SDP) before a peer connection or a processor is made, so a bad
+one costs nothing and gets a 4xx with one line saying why; refusals are logged at info, one line each,
+without the body. A peer that has not connected (ICE and DTLS) within `connect_timeout_s` is closed, so a
+client that posts an offer and goes away holds its slot, socket and thread only that long.
 """
 from __future__ import annotations
 
@@ -11,14 +16,15 @@ import itertools
 import logging
 import ssl
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
-from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection
+from aiohttp.http_exceptions import HttpProcessingError
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 
-from stream.realtime import FrameProcessor
+from stream.live_model import LiveModel
 from stream.webrtc.security import AccessDenied, AccessPolicy, is_loopback
 from stream.webrtc.session import PeerSession
 from stream.webrtc.signaling import SignalingError, answer_body, parse_offer
@@ -26,8 +32,7 @@ from stream.webrtc.signaling import SignalingError, answer_body, parse_offer
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-
-ProcessorFactory = Callable[[], FrameProcessor]
+BODY_TIMEOUT_S = 10.0  # a body still arriving after this is refused (408), so a trickle cannot hold a request
 
 
 @dataclass(frozen=True)
@@ -41,6 +46,7 @@ class ServeOptions:
     allowed_origins: tuple[str, ...] = ()
     max_peers: int = 4
     max_sdp_bytes: int = 64 * 1024
+    connect_timeout_s: float = 20.0  # answered -> connected (ICE and DTLS), else the peer is closed
     start_kbps: int = 2000   # asked of the browser's encoder for the camera stream
     max_kbps: int = 4000
     cert: Path | None = None
@@ -74,9 +80,7 @@ class PeerRegistry:
 class _State:
     options: ServeOptions
     policy: AccessPolicy
-    factory: ProcessorFactory
-    edit_names: tuple[str, ...]
-    initial_edits: tuple[tuple[str, float], ...]
+    model: LiveModel
     registry: PeerRegistry
 
 
@@ -85,6 +89,29 @@ STATE = web.AppKey("faceedit_state", _State)
 
 def _error(status: int, message: str) -> web.Response:
     return web.json_response({"error": message}, status=status)
+
+
+def _refuse(request: web.Request, status: int, message: str) -> web.Response:
+    log.info("%s %s from %s refused: %d %s", request.method, request.path, request.remote, status, message)
+    return _error(status, message)
+
+
+class _MalformedHttpFilter(logging.Filter):
+    """aiohttp logs a request it cannot parse (say, both Content-Length and chunked) as an error with a
+    traceback; it is bad input, so it becomes one info line like the server's own refusals."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError) and 400 <= error.code < 500:
+            reason = str(error.message).strip().splitlines()[0] if error.message else type(error).__name__
+            request = record.getMessage().replace("Error handling request", "request")
+            record.msg, record.args = "%s refused: %d %s", (request, error.code, reason)
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_MALFORMED_HTTP = _MalformedHttpFilter()
 
 
 def _ice_configuration(options: ServeOptions) -> RTCConfiguration:
@@ -97,56 +124,79 @@ async def _index(_request: web.Request) -> web.FileResponse:
 
 async def _config(request: web.Request) -> web.Response:
     state = request.app[STATE]
-    first = state.initial_edits[0] if state.initial_edits else None
-    default = {"name": first[0], "strength": first[1]} if first else None
     return web.json_response({
-        "edits": list(state.edit_names),
-        "default_edit": default,
+        "edits": list(state.model.edit_names),
+        "default_edits": [{"name": name, "strength": strength} for name, strength in state.model.default_edits],
         "ice_servers": [{"urls": url} for url in state.options.stun],
         "token_required": state.policy.token is not None,
         "max_kbps": state.options.max_kbps,
     })
 
 
+async def read_body(request: web.Request, cap: int) -> bytes:
+    """The whole body, however it is framed (Content-Length or chunked, in one write or many), or
+    SignalingError 413 once it is known to exceed `cap` bytes (408 if it is still arriving after
+    BODY_TIMEOUT_S)."""
+    declared = request.content_length
+    if declared is not None and declared > cap:
+        raise SignalingError(413, f"offer is {declared} bytes; the server accepts at most {cap}")
+    body = bytearray()
+
+    async def read_all() -> None:
+        while chunk := await request.content.read(cap + 1 - len(body)):
+            body.extend(chunk)
+            if len(body) > cap:
+                raise SignalingError(413, f"offer is over {cap} bytes; the server accepts at most {cap}")
+
+    try:
+        await asyncio.wait_for(read_all(), BODY_TIMEOUT_S)
+    except TimeoutError:
+        raise SignalingError(408, f"the offer did not arrive within {BODY_TIMEOUT_S:g} s") from None
+    except ConnectionError:
+        raise SignalingError(400, f"the connection closed after {len(body)} bytes of the offer") from None
+    return bytes(body)
+
+
 async def _offer(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
         state.policy.check(request)
-    except AccessDenied as err:
-        return _error(err.status, str(err))
-    body = await request.content.read(state.options.max_sdp_bytes + 1)
-    try:
-        offer = parse_offer(body, state.options.max_sdp_bytes)
-    except SignalingError as err:
-        return _error(err.status, str(err))
+        offer = parse_offer(await read_body(request, state.options.max_sdp_bytes))
+    except (AccessDenied, SignalingError) as err:
+        return _refuse(request, err.status, str(err))
     registry = state.registry
     if registry.full():
-        return _error(503, f"the server is at its limit of {registry.max_peers} streams; "
-                           "close another tab (or start the server with a higher --max-peers) and retry")
+        return _refuse(request, 503, f"the server is at its limit of {registry.max_peers} streams; close another "
+                                     "tab (or start the server with a higher --max-peers) and retry")
     registry.pending += 1
-    pc = RTCPeerConnection(_ice_configuration(state.options))
-    session: PeerSession | None = None
     try:
-        loop = asyncio.get_running_loop()
-        processor = await loop.run_in_executor(None, state.factory)  # may load models: not on the loop
-        session = PeerSession(pc, processor, state.edit_names, registry.remove, registry.next_id())
-        if state.initial_edits:
-            session.worker.set_edits(list(state.initial_edits))
-        await pc.setRemoteDescription(offer)
-        answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
-    except Exception as err:
+        return await _answer(request, state, offer)
+    except Exception:  # a fault of the server, not of the offer: logged once, with its traceback
+        log.exception("POST /offer from %s failed", request.remote)
+        return _error(500, "the server failed to start this stream; its log says why")
+    finally:
         registry.pending -= 1
-        if session is not None:
-            await session.close()
-        else:
-            await pc.close()
-        if isinstance(err, ValueError):  # aiortc's word for an SDP it cannot use
-            return _error(400, f"offer not usable: {err}")
+
+
+async def _answer(request: web.Request, state: _State, offer: RTCSessionDescription) -> web.Response:
+    """Start a peer for a checked offer: its processor (cheap, the model is shared), then aiortc's half."""
+    processor = await asyncio.get_running_loop().run_in_executor(None, state.model.new_processor)
+    pc = RTCPeerConnection(_ice_configuration(state.options))
+    registry = state.registry
+    session = PeerSession(pc, processor, state.model.edit_names, list(state.model.default_edits), registry.remove,
+                          registry.next_id(), state.options.connect_timeout_s)
+    try:
+        await pc.setRemoteDescription(offer)
+        await pc.setLocalDescription(await pc.createAnswer())
+    except OSError:  # no socket or address for ICE: the server's fault
+        await session.close()
         raise
-    registry.pending -= 1
+    except Exception as err:  # noqa: BLE001 - whatever aiortc raises for an offer it cannot use
+        await session.close()
+        reason = str(err) or type(err).__name__
+        return _refuse(request, 400, f"offer not usable: {reason}")
     registry.sessions[session.id] = session
-    log.info("peer %d: connected from %s (%d of %d)", session.id, request.remote, len(registry.sessions),
+    log.info("peer %d: answered %s (%d of %d)", session.id, request.remote, len(registry.sessions),
              registry.max_peers)
     return web.json_response(answer_body(pc.localDescription, state.options.start_kbps, state.options.max_kbps))
 
@@ -156,23 +206,18 @@ async def _close_all(app: web.Application) -> None:
     await asyncio.gather(*(session.close() for session in sessions), return_exceptions=True)
 
 
-def create_app(
-    options: ServeOptions,
-    factory: ProcessorFactory,
-    edit_names: Sequence[str],
-    initial_edits: Sequence[tuple[str, float]] = (),
-) -> web.Application:
-    """The aiohttp application; `factory()` makes one processor per peer (called off the event loop)."""
+def create_app(options: ServeOptions, model: LiveModel) -> web.Application:
+    """The aiohttp application; `model.new_processor()` makes each peer's processor (off the event loop)."""
     loopback = is_loopback(options.host)
     if not loopback and options.token is None:
         raise ValueError("a token is required when serving beyond loopback")
+    if _MALFORMED_HTTP not in logging.getLogger("aiohttp.server").filters:
+        logging.getLogger("aiohttp.server").addFilter(_MALFORMED_HTTP)
     app = web.Application(client_max_size=options.max_sdp_bytes)
     app[STATE] = _State(
         options=options,
         policy=AccessPolicy(options.token, loopback, frozenset(options.allowed_origins)),
-        factory=factory,
-        edit_names=tuple(edit_names),
-        initial_edits=tuple(initial_edits),
+        model=model,
         registry=PeerRegistry(options.max_peers),
     )
     app.router.add_get("/", _index)

@@ -3,8 +3,10 @@
 Frames: a reader task drains aiortc's (unbounded) incoming queue as fast as frames arrive and hands each
 one to the LiveWorker, whose one-item inbox keeps only the newest; the worker converts, edits and
 converts back on its own thread and posts the result to `EditedTrack`, which the sender pulls. The
-event loop only moves references. Closing (tab closed, connection failed, server stopping) cancels the
-tasks, stops the worker thread and closes the peer connection, exactly once.
+event loop only moves references. Closing (tab closed, connection failed or never made within the
+connect timeout, server stopping) cancels the tasks, stops the worker thread and closes the peer
+connection, exactly once, and drops the aiortc callbacks that point back here, so the peer's objects
+go when their last reference does rather than at the next full garbage collection.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ from aiortc.mediastreams import MediaStreamError
 from av.video.reformatter import ColorRange, Colorspace
 
 from stream.media.frames import TimedFrame, decoded_to_rgb, rgb_to_encoder
-from stream.realtime import FrameProcessor, LiveWorker
+from stream.realtime import Edits, FrameProcessor, LiveWorker
 
 log = logging.getLogger(__name__)
 
@@ -79,17 +81,12 @@ class EditedTrack(MediaStreamTrack):
 class PeerSession:
     """Everything one peer holds; `close()` releases all of it."""
 
-    def __init__(
-        self,
-        pc: RTCPeerConnection,
-        processor: FrameProcessor,
-        edit_names: Sequence[str],
-        on_closed: Callable[[PeerSession], None],
-        session_id: int,
-    ) -> None:
+    def __init__(self, pc: RTCPeerConnection, processor: FrameProcessor, edit_names: Sequence[str], edits: Edits,
+                 on_closed: Callable[[PeerSession], None], session_id: int, connect_timeout_s: float) -> None:
         self.id = session_id
         self.pc = pc
         self.edit_names = list(edit_names)
+        self.edits = dict(edits)  # the stream's edits, combined; a control message changes one of them
         self._loop = asyncio.get_running_loop()
         self.output = EditedTrack(self._loop)
         self.worker: LiveWorker[av.VideoFrame, av.VideoFrame] = LiveWorker(
@@ -100,16 +97,18 @@ class PeerSession:
         self._on_closed = on_closed
         self.closed = asyncio.Event()
         self._closing = False
-        self._has_input = False
+        self._input: MediaStreamTrack | None = None
         pc.on("track", self._on_track)
         pc.on("datachannel", self._on_datachannel)
         pc.on("connectionstatechange", self._on_state)
+        self.worker.set_edits(list(self.edits.items()))
+        self._spawn(self._close_unless_connected(connect_timeout_s))
 
     # --- aiortc events ------------------------------------------------------------------------------
     def _on_track(self, track: MediaStreamTrack) -> None:
-        if track.kind != "video" or self._has_input:
+        if track.kind != "video" or self._input is not None:
             return  # audio, or a second camera: one video in, one edited video out
-        self._has_input = True
+        self._input = track
         self.pc.addTrack(self.output)
         self._spawn(self._pull(track))
         track.on("ended", lambda: self._spawn(self.close()))
@@ -124,6 +123,13 @@ class PeerSession:
     async def _on_state(self) -> None:
         log.debug("peer %d: connection %s", self.id, self.pc.connectionState)
         if self.pc.connectionState in ("failed", "closed"):
+            await self.close()
+
+    async def _close_unless_connected(self, timeout_s: float) -> None:
+        """A client that never completes ICE and DTLS (gone, or stuck) must not hold its slot."""
+        await asyncio.sleep(timeout_s)
+        if self.pc.connectionState != "connected":
+            log.info("peer %d: not connected within %g s (%s); closing", self.id, timeout_s, self.pc.connectionState)
             await self.close()
 
     # --- tasks --------------------------------------------------------------------------------------
@@ -162,23 +168,25 @@ class PeerSession:
 
     def apply_control(self, message: str | bytes) -> dict[str, object] | None:
         """Apply one control message; returns an error reply for a bad one. Messages:
-        {"type": "edit", "name": str ("" for none), "strength": number} and {"type": "view", "mode": "before"|"after"}.
+        {"type": "edit", "name": str, "strength": number} sets one edit's strength, the others kept (edits
+        combine); name "" removes every edit. {"type": "view", "mode": "before"|"after"}; {"type": "bye"}.
         """
         try:
             data = json.loads(message)
-        except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
+            kind = data.get("type")
+        except (ValueError, TypeError, AttributeError):  # not JSON, or JSON but not an object
             return {"type": "error", "message": "control messages are JSON objects"}
-        if not isinstance(data, dict):
-            return {"type": "error", "message": "control messages are JSON objects"}
-        kind = data.get("type")
         if kind == "edit":
             name, strength = data.get("name"), data.get("strength")
             if not isinstance(name, str) or (name and name not in self.edit_names):
                 return {"type": "error", "message": f"unknown edit {name!r}; choose one of {self.edit_names}"}
             if not isinstance(strength, (int, float)) or not math.isfinite(strength):
                 return {"type": "error", "message": "strength must be a finite number"}
-            strength = max(-MAX_STRENGTH, min(MAX_STRENGTH, float(strength)))
-            self.worker.set_edits([(name, strength)] if name else [])
+            if name:
+                self.edits[name] = max(-MAX_STRENGTH, min(MAX_STRENGTH, float(strength)))
+            else:
+                self.edits.clear()
+            self.worker.set_edits(list(self.edits.items()))
             return None
         if kind == "view":
             if data.get("mode") not in ("before", "after"):
@@ -206,6 +214,12 @@ class PeerSession:
         self.output.stop()
         # joining the worker thread blocks until its frame in progress ends: not on the event loop
         await self._loop.run_in_executor(None, self.worker.close)
-        await self.pc.close()
+        try:
+            await self.pc.close()
+        except Exception as err:  # noqa: BLE001 - aiortc can fail closing a peer it never finished setting up
+            log.debug("peer %d: closing the connection: %r", self.id, err)
+        for emitter in (self.pc, self.channel, self._input):  # their callbacks hold this session
+            if emitter is not None:
+                emitter.remove_all_listeners()
         self._on_closed(self)
         self.closed.set()

@@ -1,7 +1,10 @@
 """Signalling: validate the browser's offer, and tune the answer before it goes back.
 
 `POST /offer` takes `{"sdp": ..., "type": "offer"}` (aiortc's example convention) and returns the answer
-in the same shape. Everything here is pure text handling, so it is tested without a network.
+in the same shape. Everything here is pure text handling, so it is tested without a network. The offer is
+parsed here, in a guarded step, before any peer or model work: aiortc's own parser asserts on malformed
+lines, and an offer without ICE credentials or a DTLS fingerprint would be taken and then fail inside
+aiortc's background tasks.
 """
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import json
 import re
 
 from aiortc import RTCSessionDescription
+from aiortc.sdp import SessionDescription
 
 # Codecs whose bitrate Chromium takes from the remote description's x-google-* parameters.
 _VIDEO_CODECS = ("VP8", "VP9", "H264", "AV1")
@@ -23,10 +27,8 @@ class SignalingError(Exception):
         self.status = status
 
 
-def parse_offer(body: bytes, max_bytes: int) -> RTCSessionDescription:
-    """The offer in a request body, or SignalingError (413 too large, 400 malformed)."""
-    if len(body) > max_bytes:
-        raise SignalingError(413, f"offer is {len(body)} bytes; the server accepts at most {max_bytes}")
+def parse_offer(body: bytes) -> RTCSessionDescription:
+    """The offer in a request body (read whole), or SignalingError 400 saying what is wrong with it."""
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError):
@@ -36,9 +38,28 @@ def parse_offer(body: bytes, max_bytes: int) -> RTCSessionDescription:
     sdp = data["sdp"]
     if not sdp.startswith("v=0"):
         raise SignalingError(400, "sdp does not start with v=0; send the browser's localDescription.sdp")
-    if "m=video" not in sdp:
-        raise SignalingError(400, "the offer has no video track; add the camera track before createOffer()")
+    check_sdp(sdp)
     return RTCSessionDescription(sdp=sdp, type="offer")
+
+
+def check_sdp(sdp: str) -> None:
+    """SignalingError 400 unless aiortc can parse `sdp` and it has a video section, and every section has
+    ICE credentials and a DTLS fingerprint."""
+    try:
+        parsed = SessionDescription.parse(sdp)
+    except Exception as err:  # noqa: BLE001 - the parser asserts, or fails on int()/split() of a bad line
+        detail = f": {err}" if str(err) else ""
+        raise SignalingError(400, f"the offer's SDP is malformed ({type(err).__name__}{detail}); send the "
+                                  "browser's localDescription.sdp unchanged") from None
+    if not any(media.kind == "video" for media in parsed.media):
+        raise SignalingError(400, "the offer has no video track; add the camera track before createOffer()")
+    for media in parsed.media:
+        if not (media.ice.usernameFragment and media.ice.password):
+            raise SignalingError(400, f"the offer's {media.kind} section has no ICE credentials (a=ice-ufrag, "
+                                      "a=ice-pwd)")
+        if not media.dtls.fingerprints:
+            raise SignalingError(400, f"the offer's {media.kind} section has no DTLS fingerprint "
+                                      "(a=fingerprint); media must be encrypted")
 
 
 def with_video_bitrate(sdp: str, start_kbps: int, max_kbps: int) -> str:

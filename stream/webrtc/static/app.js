@@ -1,5 +1,6 @@
 // Face edit, live: camera -> server (edits each frame) -> this page.
 // Controls travel over the "controls" data channel and apply to the next frame the server processes.
+// Edits combine: each keeps its own strength (0 turns one off); "none" removes them all.
 // window.faceedit = {start(), stop(), setEdit(name, strength), setView(mode), stats()} for automation;
 // start({width, height, fps}) asks the camera for another size than 640x480 at 30 fps.
 "use strict";
@@ -9,7 +10,7 @@
   const token = new URLSearchParams(location.search).get("token") || "";
   const state = {
     config: null, pc: null, channel: null, stream: null,
-    edit: { name: "", strength: 1.0 }, view: "after",
+    edits: {}, selected: "", view: "after",
     server: {}, browser: {}, statsTimer: null, lastError: "",
   };
 
@@ -28,13 +29,8 @@
       option.value = option.textContent = name;
       select.appendChild(option);
     }
-    const preset = state.config.default_edit;
-    if (preset) {
-      state.edit = { name: preset.name, strength: preset.strength };
-      select.value = preset.name;
-      $("strength").value = preset.strength;
-      $("strength-value").textContent = Number(preset.strength).toFixed(1);
-    }
+    for (const preset of state.config.default_edits) state.edits[preset.name] = preset.strength;
+    if (state.config.default_edits.length) showEdit(state.config.default_edits[0].name);
     return state.config;
   }
 
@@ -86,7 +82,8 @@
     state.channel = channel;
     channel.onmessage = onMessage;
     channel.onopen = () => {
-      send({ type: "edit", name: state.edit.name, strength: state.edit.strength });
+      send({ type: "edit", name: "", strength: 0 });
+      for (const [name, strength] of Object.entries(state.edits)) send({ type: "edit", name, strength });
       send({ type: "view", mode: state.view });
     };
     const [track] = state.stream.getVideoTracks();
@@ -143,12 +140,19 @@
     $("start").disabled = false; $("stop").disabled = true; $("view").disabled = true;
   }
 
+  function showEdit(name) {
+    state.selected = name || "";
+    const strength = state.selected ? (state.edits[state.selected] ?? 1.0) : 0;
+    $("edit").value = state.selected;
+    $("strength").value = strength;
+    $("strength-value").textContent = Number(strength).toFixed(1);
+  }
+
   function setEdit(name, strength) {
-    state.edit = { name: name || "", strength: Number(strength) };
-    $("edit").value = state.edit.name;
-    $("strength").value = state.edit.strength;
-    $("strength-value").textContent = state.edit.strength.toFixed(1);
-    return send({ type: "edit", name: state.edit.name, strength: state.edit.strength });
+    if (name) state.edits[name] = Number(strength);
+    else state.edits = {};
+    showEdit(name);
+    return send({ type: "edit", name: name || "", strength: Number(strength) });
   }
 
   function setView(mode) {
@@ -195,7 +199,7 @@
   function stats() {
     return {
       connection: state.pc ? state.pc.connectionState : "closed",
-      edit: { ...state.edit }, view: state.view,
+      edits: { ...state.edits }, view: state.view,
       server: { ...state.server }, browser: { ...state.browser }, error: state.lastError,
     };
   }
@@ -203,8 +207,8 @@
   $("start").onclick = () => start().catch((e) => setStatus(e.message));
   $("stop").onclick = () => stop();
   $("view").onclick = () => setView(state.view === "after" ? "before" : "after");
-  $("edit").onchange = (e) => setEdit(e.target.value, state.edit.strength);
-  $("strength").oninput = (e) => setEdit(state.edit.name, e.target.value);
+  $("edit").onchange = (e) => setEdit(e.target.value, state.edits[e.target.value] ?? 1.0);
+  $("strength").oninput = (e) => setEdit(state.selected, e.target.value);
   window.addEventListener("pagehide", () => { stop(); });
   loadConfig().catch((e) => setStatus(`cannot load /config: ${e.message}`));
 

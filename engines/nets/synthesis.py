@@ -1,9 +1,10 @@
-"""A faster training form of `Generator.synthesis`: modulation applied to activations.
+"""A faster trainable form of `Generator.synthesis`: modulation applied to activations.
 
 Same maths as the grouped-convolution form (and as `ExportSafeSynthesis`), but differentiable with
 respect to the generator's own parameters: the input is scaled by the style, convolved with the shared
 weight, and multiplied by demodulation coefficients. On a 2-core CPU one shared-weight convolution over
 the batch is about twice as fast as N per-sample weights in a grouped convolution (DESIGN.md, probe 3).
+Training (training/pack.py) and per-video tuning (stream/tuning.py) both train through it.
 """
 from __future__ import annotations
 
