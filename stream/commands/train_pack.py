@@ -105,19 +105,19 @@ def run(args: argparse.Namespace) -> int:
 
         state = grow_state(load_state(args.grow_from), lr=args.lr, eye_weight=args.eye_weight,
                            balance_expressions=not args.uniform_draws)
-        print(f"grew {args.grow_from} (size {state.config.size // 2}, step {state.step}) to {state.config.size} px")
     elif from_pack:
         from training.finetune import state_from_pack
 
         state = state_from_pack(args.init_from_pack, args.holdout_clips, lr=args.lr, eye_weight=args.eye_weight,
                                 balance_expressions=not args.uniform_draws)
-        print(f"started from {args.init_from_pack} ({state.config.size} px, step {state.step})")
     else:
         state = open_run(args.run_dir, config)
     data = prepare_data(cache, state.config)  # a bad --holdout-clip fails here, before a new run is saved
     if growing or from_pack:
         args.run_dir.mkdir(parents=True, exist_ok=True)
         save_state(state, args.run_dir)  # a resume (or --minutes 0) starts from these networks
+        origin = f"grew {args.grow_from} to" if growing else f"started from {args.init_from_pack} at"
+        print(f"{origin} {state.config.size} px, step {state.step}")
     print(f"training on {len(data.split.train)} crops; held out: {len(data.split.heldout_frames)} frames, "
           f"{len(data.split.heldout_clip)} of clips {', '.join(state.config.holdout_clips)}")
     if args.minutes > 0:
