@@ -16,6 +16,7 @@ from engines.errors import UserError
 COMMANDS: dict[str, str] = {
     "demo": "demo",
     "file": "file",
+    "batch": "batch",
     "serve": "serve",
     "camera": "camera",
     "evaluate": "evaluate",

@@ -51,6 +51,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("input", type=Path, metavar="IN", help="video file to edit")
     parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT",
                         help="video file to write (.mp4 or .mkv)")
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    add_job_arguments(parser)
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """How each video is edited and encoded: the options `file` shares with `batch`."""
     parser.add_argument("--edit", action="append", default=[], metavar="NAME=STRENGTH",
                         help="an edit and its strength, e.g. smile=1.0 (repeatable; default: the pack's)")
     add_checkpoint_arguments(parser)
@@ -63,7 +69,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--preset", default="veryfast", help="x264 preset (default veryfast)")
     parser.add_argument("--detector", choices=DETECTOR_NAMES, default="dlib", help="face detector")
     parser.add_argument("--face-models", type=Path, metavar="DIR", help="insightface model folder (det_*.onnx)")
-    parser.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     add_model_arguments(parser)
     add_tuning_arguments(parser)
 
@@ -123,7 +128,9 @@ def model_config(args: argparse.Namespace, **files: Path | None):
                        **engine_options(args), **files)
 
 
-def job_config(args: argparse.Namespace) -> FileJobConfig:
+def job_config(args: argparse.Namespace, input: Path | None = None,
+               output: Path | None = None) -> FileJobConfig:
+    """The job the options ask for; `input` and `output` replace args.input and args.output (batch)."""
     from dataclasses import replace
 
     from engines.errors import UserError
@@ -142,8 +149,8 @@ def job_config(args: argparse.Namespace) -> FileJobConfig:
                             "(or `enrol CLIP --out DIR` for a personal student)")
         model = replace(model, path="gan")
     return FileJobConfig(
-        input=args.input,
-        output=args.output,
+        input=input or args.input,
+        output=output or args.output,
         edits=edits,
         model=model,
         face=FaceConfig(detector=args.detector, face_models=args.face_models, detect_every=args.detect_every,
