@@ -342,3 +342,19 @@ def test_a_direction_without_training_contrast_never_verifies():
 
     flat = Direction("eyes_open", np.zeros((4, 8), np.float32), [0], 4.0, "opens the eyes", {"score_gap": -0.01})
     assert not verify(flat, {"heldout_frames": [_row("eyes_open", 4, 0.0)], "heldout_clip": [_row("eyes_open", 4, 0.01)]})
+
+
+def test_student_learns_a_change_confined_to_a_small_region():
+    """Teacher pairs that change only the mouth's region once trained a student that never edited (L1's median is
+    zero on the unchanged 90 % of pixels); the student must learn the region's change."""
+    from training.distill import DistillConfig, apply_student, train_student
+
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(60, 190, (16, 32, 32, 3), dtype=np.uint8)
+    targets = inputs.copy()
+    targets[:, 20:28, 10:22] += 50  # a brighter patch, about 9 % of the crop
+    student, _, _ = train_student(DistillConfig("mouth_open", 1.0, width=8, max_width=16), inputs, targets,
+                                  minutes=5, max_steps=300)
+    change = apply_student(student, inputs).astype(float) - inputs
+    inside = change[:, 20:28, 10:22].mean()
+    assert inside > 15 and inside > 5 * abs(change[:, :16].mean())
