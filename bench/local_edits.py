@@ -1,11 +1,13 @@
 """Local edits on people the demo pack never saw: where the change lands, with and without confinement.
 
-    python bench/local_edits.py [--clips d19 lx01 sp04 rr01] [--frames 48] [--write-results]
+    python bench/local_edits.py [--clips d19 lx01 sp04 rr01] [--frames 48] [--tune-steps 60] [--write-results]
 
 Each clip's first --frames frames are cut losslessly to a temporary file; then, with the demo pack on the
 generator path (`file ... --model gan`), each edit at strength 1 runs
 - "whole face": the edit's change pasted on the whole face, no gate (how edits went back before regions);
 - "region + gate": confined to the edit's region (stream/regions.py) and weighed by the confidence gate;
+- "region + gate + tune": the same with the generator tuned to the cut clip first (`file --tune`, shortened
+  by --tune-steps / --tune-frames / --invert-steps; --tune-steps 0 leaves it out);
 and a strength-0 run gives the re-encoding-only figure. `evaluate` (stream/evaluate.py) measures each output
 against the cut input: change in the mouth, on the rest of the face ("collateral"), the attributes'
 change, identity, TL-ID / TG-ID and flicker; the file job reports G(w)'s mean fidelity (PSNR inside the face).
@@ -49,14 +51,30 @@ def cut(clip: Path, out: Path, frames: int) -> Path:
     return out
 
 
-def run(clip: Path, out: Path, edit: str, strength: float, confined: bool) -> tuple[float, float]:
+def tune(clip: Path, args: argparse.Namespace) -> tuple[Path, float, float, float]:
+    """The cut clip's tuned generator: (path, seconds, PSNR before, after) on its tuning frames."""
+    from stream.config import FaceConfig, InversionSettings, TuningSettings
+    from stream.tuning import tune_for_video
+
+    settings = TuningSettings(steps=args.tune_steps, max_frames=args.tune_frames,
+                              invert=InversionSettings(steps=args.invert_steps))
+    start = time.perf_counter()
+    tuned = tune_for_video(clip, ModelConfig(path="gan"), FaceConfig(), settings)
+    seconds = time.perf_counter() - start
+    report = tuned.tuning
+    return tuned.path, seconds, report.psnr_encoded if report else float("nan"), \
+        report.psnr_tuned if report else float("nan")
+
+
+def run(clip: Path, out: Path, edit: str, strength: float, confined: bool,
+        tuned: Path | None = None) -> tuple[float, float]:
     """Edit `clip` into `out`; (seconds, mean fidelity of G(w) in dB)."""
     original = EditNetworks.region
     if not confined:
         EditNetworks.region = lambda self, name: "face"  # type: ignore[method-assign]
     try:
         config = FileJobConfig(input=clip, output=out, edits=((edit, strength),), overwrite=True,
-                               model=ModelConfig(path="gan", gate=confined))
+                               model=ModelConfig(path="gan", gate=confined, tuned_generator=tuned))
         start = time.perf_counter()
         result = run_file_job(config)
         return time.perf_counter() - start, result.gate.mean_fidelity
@@ -68,19 +86,26 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", nargs="+", default=["d19", "lx01", "sp04", "rr01"])
     parser.add_argument("--frames", type=int, default=48)
+    parser.add_argument("--tune-steps", type=int, default=60)
+    parser.add_argument("--tune-frames", type=int, default=12)
+    parser.add_argument("--invert-steps", type=int, default=20)
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
     measurer = FaceMeasurer()
-    rows = []
+    rows, tunings = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.clips:
             clip = cut(FACES / f"{name}.mp4", Path(tmp) / f"{name}.mkv", args.frames)
-            runs = [("re-encode only", EDITS[0], 0.0, True)]
-            runs += [(mode, edit, 1.0, confined) for edit in EDITS
+            runs = [("re-encode only", EDITS[0], 0.0, True, None)]
+            runs += [(mode, edit, 1.0, confined, None) for edit in EDITS
                      for mode, confined in (("whole face", False), ("region + gate", True))]
-            for mode, edit, strength, confined in runs:
-                out = Path(tmp) / f"{name}_{edit}_{confined}_{strength}.mp4"
-                seconds, fidelity = run(clip, out, edit, strength, confined)
+            if args.tune_steps:
+                tuned, seconds, before, after = tune(clip, args)
+                tunings.append((name, seconds, before, after))
+                runs += [("region + gate + tune", edit, 1.0, True, tuned) for edit in EDITS]
+            for mode, edit, strength, confined, generator in runs:
+                out = Path(tmp) / f"{name}_{edit}_{mode}_{strength}.mp4".replace(" ", "")
+                seconds, fidelity = run(clip, out, edit, strength, confined, generator)
                 report = evaluate_videos(clip, out, every=2, measurer=measurer)
                 attr = report.attributes
                 row = (name, edit if strength else "-", mode, fidelity, report.change_mouth, report.collateral,
@@ -102,6 +127,12 @@ def main() -> int:
         name, edit, mode, fid, mouth, rest, mo, sm, ident, tl, tg, fl, sec = row
         lines.append(f"| {name} | {edit} | {mode} | {fid:.1f} | {mouth:.2f} | {rest:.2f} | {mo:+.3f} | {sm:+.3f} | "
                      f"{ident:.3f} | {tl:.4f} | {tg:.4f} | {fl:.3f} | {sec:.0f} |")
+    if tunings:
+        lines += ["", (f"Tuning (`--tune-steps {args.tune_steps} --tune-frames {args.tune_frames} --invert-steps "
+                       f"{args.invert_steps}`, shorter than `file --tune`'s defaults): PSNR of G(w) on the tuning "
+                       "frames before and after, and the time it took."), "",
+                  "| clip | before dB | after dB | seconds |", "|---|---|---|---|"]
+        lines += [f"| {name} | {before:.1f} | {after:.1f} | {seconds:.0f} |" for name, seconds, before, after in tunings]
     text = "\n".join(lines)
     print(text)
     if args.write_results:

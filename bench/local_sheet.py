@@ -1,7 +1,9 @@
-"""Contact sheet of edits on people the demo pack never saw: input, then the edit pasted on the whole face
-and confined to its region (with the confidence gate), at strengths 1 and 2.
+"""Contact sheet of edits on people the demo pack never saw: input, then the edit pasted on the whole face,
+confined to its region (with the confidence gate), and the same with the generator tuned to the clip
+(shortened `file --tune`), at strengths 1 and 2.
 
-    python bench/local_sheet.py [--clips d19 lx01 sp04 rr01] [--edit mouth_open] [--out bench/local_edits_sheet.png]
+    python bench/local_sheet.py [--clips d19 lx01 sp04 rr01] [--edit mouth_open] [--tune-steps 60]
+                                [--out bench/local_edits_sheet.png]
 
 One frame per clip (--frame), the face cut out of the full-resolution output around the input's face box.
 """
@@ -36,21 +38,35 @@ def face_tile(frame: np.ndarray, box: tuple[float, ...]) -> np.ndarray:
     return cv2.resize(frame[b:d, a:c], (TILE, TILE), interpolation=cv2.INTER_AREA)
 
 
+def tuned(clip: Path, steps: int) -> Path:
+    """The clip's generator, tuned with a shortened `file --tune` (cached like it)."""
+    from stream.config import InversionSettings, TuningSettings
+    from stream.tuning import tune_for_video
+
+    settings = TuningSettings(steps=steps, max_frames=12, invert=InversionSettings(steps=20))
+    return tune_for_video(clip, ModelConfig(path="gan"), FaceConfig(), settings).path
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clips", nargs="+", default=["d19", "lx01", "sp04", "rr01"])
     parser.add_argument("--edit", default="mouth_open")
     parser.add_argument("--frame", type=int, default=20)
+    parser.add_argument("--tune-steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "local_edits_sheet.png")
     args = parser.parse_args()
     confined = EditNetworks(ModelConfig(path="gan", smoothing="off"))
     whole = EditNetworks(ModelConfig(path="gan", smoothing="off", gate=False))
     whole.region = lambda name: "face"  # type: ignore[method-assign]
-    columns = [("input", None, 0.0)] + [(f"{label} x{s:g}", nets, s) for s in (1.0, 2.0)
-                                        for label, nets in (("whole face", whole), ("region+gate", confined))]
     rows = []
     for name in args.clips:
-        frames = read_frames(FACES / f"{name}.mp4", limit=args.frame + 1)
+        clip = FACES / f"{name}.mp4"
+        kinds = [("whole face", whole), ("region+gate", confined)]
+        if args.tune_steps:
+            kinds.append(("+tune", EditNetworks(ModelConfig(path="gan", smoothing="off",
+                                                            tuned_generator=tuned(clip, args.tune_steps)))))
+        columns = [("input", None, 0.0)] + [(f"{label} x{s:g}", nets, s) for s in (1.0, 2.0) for label, nets in kinds]
+        frames = read_frames(clip, limit=args.frame + 1)
         tiles = []
         box = None
         for _label, nets, strength in columns:
@@ -70,7 +86,7 @@ def main() -> int:
             continue
         tiles[0] = frames[-1]
         rows.append(np.concatenate([face_tile(t, box) for t in tiles], axis=1))
-    header = np.full((28, TILE * len(columns), 3), 255, np.uint8)
+    header = np.full((28, rows[0].shape[1], 3), 255, np.uint8)
     for i, (label, _, _) in enumerate(columns):
         cv2.putText(header, label, (i * TILE + 6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
     sheet = np.concatenate([header, *rows], axis=0)

@@ -134,8 +134,8 @@ class EditNetworks:
 
     # ------------------------------------------------------------------ what can be edited, and how
     def _student_names(self) -> tuple[str, ...]:
-        if self.config.path == "gan" or self._generator is not None:
-            return ()
+        if self.config.path == "gan" or self._generator is not None or self.config.tuned_generator is not None:
+            return ()  # a generator tuned to this video is the point of the run: no student stands in for it
         if self.config.student is not None:
             return (self.config.student_edit,) if self.config.student_edit else ()
         return tuple(sorted(self.pack.students)) if self.pack is not None else ()

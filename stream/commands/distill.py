@@ -47,6 +47,22 @@ def save_pairs(path: Path, targets) -> None:
         np.save(handle, targets)
 
 
+def train_with_bar(config, inputs, targets, minutes: float, max_steps: int | None):
+    """training.distill.train_student with a tqdm bar over its wall time; shared with `enrol`."""
+    from tqdm import tqdm
+
+    from training.distill import train_student
+
+    total = int(minutes * 60)
+    with tqdm(total=total, desc="training student", unit="s") as bar:
+        def on_step(step: int, loss: float) -> None:
+            bar.n = min(total, int(bar.format_dict["elapsed"]))
+            bar.set_postfix(step=step, l1=f"{loss:.4f}")
+            bar.refresh()
+
+        return train_student(config, inputs, targets, minutes, on_step, max_steps)
+
+
 def run(args: argparse.Namespace) -> int:
     import json
 
@@ -58,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     from engines.errors import UserError
     from stream.modelpack import load_pack, save_pack
     from training.data import concat, load_cache, make_split
-    from training.distill import DistillConfig, make_pairs, train_student
+    from training.distill import DistillConfig, make_pairs
     from training.model_card import write_model_card, write_results_section
     from training.student_eval import evaluate_student, student_sheet
 
@@ -92,15 +108,8 @@ def run(args: argparse.Namespace) -> int:
                                   for i in tqdm(range(0, len(crops), 128), desc="teacher pairs", unit="batch")])
         save_pairs(pairs_path, targets)
     config = DistillConfig(edit, strength, width=args.width, depth=args.depth, batch=args.batch)
-    total = int(args.minutes * 60)
-    with tqdm(total=total, desc="training student", unit="s") as bar:
-        def on_step(step: int, loss: float) -> None:
-            bar.n = min(total, int(bar.format_dict["elapsed"]))
-            bar.set_postfix(step=step, l1=f"{loss:.4f}")
-            bar.refresh()
-
-        student, steps, seconds = train_student(config, crops[split.train], targets[split.train], args.minutes,
-                                                on_step, args.max_steps)
+    student, steps, seconds = train_with_bar(config, crops[split.train], targets[split.train], args.minutes,
+                                             args.max_steps)
     result = evaluate_student(student, config, generator.module, encoder.module, directions[edit], crops, targets,
                               landmarks, split, colour)
     result.update({"steps": steps, "train_minutes": seconds / 60, "pairs": len(split.train),

@@ -83,12 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from engines import load_generator
+    from stream.commands.distill import train_with_bar
     from stream.commands.file import tune_with_progress, tuning_settings
     from stream.config import FaceConfig, ModelConfig
     from stream.faces.detect import make_detector
     from stream.modelpack import load_pack, save_pack
     from stream.tuning import collect_faces
-    from training.distill import DistillConfig, apply_student, make_pairs, train_student
+    from training.distill import DistillConfig, apply_student, make_pairs
     from training.losses import psnr_uint8
 
     if args.threads:
@@ -107,19 +108,14 @@ def run(args: argparse.Namespace) -> int:
     crops = faces.crops
     cut = max(1, min(len(crops) - 1, round(len(crops) * (1 - args.holdout)))) if len(crops) > 1 else 1
     vector_strength = strength * directions[edit].default_strength
+    # with 68 landmarks the teacher's change is confined to the edit's region, as the runtime confines it
+    landmarks = faces.landmarks if faces.landmarks.shape[1] == 68 else None
     targets = np.concatenate([make_pairs(generator.module, encoder.module, crops[i:i + 32], directions[edit],
-                                         vector_strength, colour=pack.residual_colour)
+                                         vector_strength, colour=pack.residual_colour,
+                                         landmarks=None if landmarks is None else landmarks[i:i + 32])
                               for i in tqdm(range(0, len(crops), 32), desc="teacher pairs", unit="batch")])
-    config = DistillConfig(edit, strength)
-    total = int(args.minutes * 60)
-    with tqdm(total=total, desc="training student", unit="s") as bar:
-        def on_step(step: int, loss: float) -> None:
-            bar.n = min(total, int(bar.format_dict["elapsed"]))
-            bar.set_postfix(step=step, l1=f"{loss:.4f}")
-            bar.refresh()
-
-        student, steps, seconds = train_student(config, crops[:cut], targets[:cut], args.minutes, on_step,
-                                                args.max_steps)
+    student, steps, seconds = train_with_bar(DistillConfig(edit, strength), crops[:cut], targets[:cut],
+                                             args.minutes, args.max_steps)
     held = slice(cut, None) if cut < len(crops) else slice(0, None)
     measured = {"student_vs_teacher_psnr": psnr_uint8(apply_student(student, crops[held]), targets[held]),
                 "identity_vs_teacher_psnr": psnr_uint8(crops[held], targets[held]),

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import get_args
+from typing import TYPE_CHECKING, get_args
 
 from engines.backends.base import BackendChoice
 from stream.commands.options import add_checkpoint_arguments, add_engine_arguments, engine_options
@@ -15,10 +15,14 @@ from stream.config import (
     MODEL_PATHS,
     FaceConfig,
     FileJobConfig,
+    ModelConfig,
     TuningSettings,
 )
 from stream.media.sink import CODECS
 from stream.modelpack import DEFAULT_PACK
+
+if TYPE_CHECKING:
+    from stream.tuning import TunedGenerator
 
 HELP = "edit the faces in a video file (audio copied, every frame and timestamp kept)"
 
@@ -95,7 +99,7 @@ def tuning_settings(args: argparse.Namespace) -> TuningSettings:
                           invert=replace(defaults.invert, steps=args.invert_steps))
 
 
-def tune_with_progress(video: Path, model, face, settings):
+def tune_with_progress(video: Path, model: ModelConfig, face: FaceConfig, settings: TuningSettings) -> TunedGenerator:
     """stream.tuning.tune_for_video with a tqdm bar per phase; returns its TunedGenerator."""
     from tqdm import tqdm
 
