@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,14 @@ import pytest
 import torch
 
 from engines.nets.stylegan2 import Generator, small_generator_config
+from engines.errors import UserError
 from engines.nets.synthesis import synthesize
 from stream.losses import psnr, ssim_map
-from training.data import CACHE_VERSION, ClipCrops, make_split
-from training.directions import contrast_groups
+from tests.media_clips import make_clip, trimmed_copy
+from training.data import CACHE_VERSION, ClipCrops, SkippedClip, build_cache, load_cache, make_split
+from training.directions import blink_groups, contrast_groups
+
+FACES = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "faces"
 
 
 def test_fast_synthesis_matches_generator():
@@ -56,11 +61,37 @@ def _face_landmarks(size: int, gap: float) -> np.ndarray:
 
 def test_split_holds_out_a_clip_and_the_end_of_the_others():
     clips = [_clip("a", 20), _clip("b", 10), _clip("c", 30)]
-    split = make_split(clips, "b", holdout_frac=0.1)
+    split = make_split(clips, ["b"], holdout_frac=0.1)
     assert set(split.heldout_clip) == set(range(20, 30))
     assert set(split.heldout_frames) == {18, 19, 57, 58, 59}
     assert not set(split.train) & (set(split.heldout_frames) | set(split.heldout_clip))
     assert len(split.train) + len(split.heldout_frames) + len(split.heldout_clip) == 60
+    two = make_split(clips, ["a", "c"], holdout_frac=0.1)
+    assert set(two.heldout_clip) == set(range(20)) | set(range(30, 60)) and set(two.heldout_frames) == {29}
+    with pytest.raises(UserError, match="'x'"):
+        make_split(clips, ["a", "x"])
+
+
+@pytest.mark.skipif(not FACES.is_dir(), reason="needs ../shared/data/faces (real clips)")
+def test_cache_skips_a_clip_it_cannot_use_with_one_line(tmp_path: Path):
+    """A real HEVC 1080x1920 clip (cut to 3 frames) is aligned; an undecodable file and a clip without a face
+    are skipped with their reason, remembered so a later run does not retry them."""
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    trimmed_copy(FACES / "ls01.mp4", clips / "hevc.mp4", 3)
+    (clips / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 4)
+    make_clip(clips / "noface.mp4", frames=3, audio=False)
+    cache = tmp_path / "crops"
+    got = {c.name: c for c in build_cache(clips, cache)}
+    assert isinstance(got["hevc"], ClipCrops) and len(got["hevc"]) == 3 and got["hevc"].crops.shape[1:] == (256, 256, 3)
+    for name in ("broken", "noface"):
+        assert isinstance(got[name], SkippedClip) and got[name].reason.startswith(str(clips / f"{name}.mp4"))
+        assert "\n" not in got[name].reason.strip()
+    assert "no face" in got["noface"].reason
+    assert sorted(p.name for p in cache.iterdir()) == ["broken.skipped", "hevc.npz", "noface.skipped"]
+    (clips / "noface.mp4").unlink()  # a second pass reads the markers, it does not decode again
+    again = {c.name: c for c in build_cache(clips, cache)}
+    assert isinstance(again["broken"], SkippedClip) and [c.name for c in load_cache(cache)] == ["hevc"]
 
 
 def test_contrast_groups_are_balanced_within_each_clip():
@@ -71,6 +102,22 @@ def test_contrast_groups_are_balanced_within_each_clip():
         assert (labels & (groups == g)).sum() == (~labels & (groups == g)).sum()
     # within clip 1, "high" means high for that clip, not high overall
     assert set(idx[(groups == 1) & ~labels]) == {10, 11, 12, 13, 14, 15}
+
+
+def test_blink_frames_are_contrasted_with_open_frames_of_the_same_expression():
+    """Smiling narrows the eyes: the open frames matched to a blink are the ones with the blink's smile."""
+    eyes = np.array([0.30, 0.30, 0.31, 0.29, 0.30, 0.30, 0.12, 0.13, 0.30, 0.30])
+    smile = np.array([0.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0])
+    flat = np.zeros(10)
+    scores = {"eyes_open": np.r_[eyes, eyes], "smile": np.r_[smile, smile], "mouth_open": np.r_[flat, flat],
+              "yaw": np.r_[flat, flat], "pitch": np.r_[flat, flat]}
+    clip_id = np.r_[np.zeros(10, int), np.ones(10, int)]
+    idx, labels, groups = blink_groups(scores, clip_id, np.r_[np.arange(10), np.arange(10, 16)], matches=2)
+    # the second clip's candidates (its first six frames) hold no blink: it is left out
+    assert set(groups) == {0}
+    assert list(idx[~labels]) == [6, 7] and sorted(idx[labels]) == [4, 4, 5, 5]
+    with pytest.raises(ValueError, match="blink"):
+        blink_groups({k: v[:6] for k, v in scores.items()}, clip_id[:6], np.arange(6))
 
 
 def _write_cache(folder: Path) -> None:
@@ -126,8 +173,24 @@ def test_train_pack_resumes_exports_and_distills(tmp_path: Path):
     assert config["size"] == 64 and saved["step"] == 5  # continues the small run's count
     # settings given on the command line reach the grown run; the rest are the small run's
     assert config["eye_weight"] == 9 and not config["balance_expressions"]
-    assert config["batch"] == 4 and config["holdout_clip"] == "p2"
+    assert config["batch"] == 4 and config["holdout_clips"] == ["p2"]
     assert sorted(p.name for p in (grown / "crops").glob("*.npz")) == ["p0.npz", "p1.npz", "p2.npz"]
+
+    # a new run from the exported pack: its networks and architecture, several held-out clips, the step count on
+    tuned = tmp_path / "tuned"
+    shutil.copytree(run / "crops", tuned / "crops")
+    with pytest.raises(UserError, match="nobody"):  # a clip name that is not there: no run is saved
+        _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(tuned), "--init-from-pack", str(pack_dir),
+                          "--holdout-clip", "p1", "nobody", "--minutes", "0"])
+    assert not (tuned / "checkpoint.pt").exists()
+    assert _run(train_pack, ["--data", str(tmp_path / "none"), "--run", str(tuned), "--init-from-pack", str(pack_dir),
+                             "--holdout-clip", "p1", "p2", "--minutes", "0"]) == 0
+    saved = torch.load(tuned / "checkpoint.pt", weights_only=True)
+    config = json.loads(saved["config"])
+    assert config["size"] == 32 and config["holdout_clips"] == ["p1", "p2"] and saved["step"] == 4
+    shipped = pack.load_generator().module.state_dict()
+    for key in ("generator", "generator_ema"):
+        assert all(torch.equal(saved[key][k], v) for k, v in shipped.items())
 
 
 def test_run_option_reaches_train_pack_and_distill_through_the_cli(tmp_path: Path, capsys):
@@ -279,3 +342,19 @@ def test_a_direction_without_training_contrast_never_verifies():
 
     flat = Direction("eyes_open", np.zeros((4, 8), np.float32), [0], 4.0, "opens the eyes", {"score_gap": -0.01})
     assert not verify(flat, {"heldout_frames": [_row("eyes_open", 4, 0.0)], "heldout_clip": [_row("eyes_open", 4, 0.01)]})
+
+
+def test_student_learns_a_change_confined_to_a_small_region():
+    """Teacher pairs that change only the mouth's region once trained a student that never edited (L1's median is
+    zero on the unchanged 90 % of pixels); the student must learn the region's change."""
+    from training.distill import DistillConfig, apply_student, train_student
+
+    rng = np.random.default_rng(0)
+    inputs = rng.integers(60, 190, (16, 32, 32, 3), dtype=np.uint8)
+    targets = inputs.copy()
+    targets[:, 20:28, 10:22] += 50  # a brighter patch, about 9 % of the crop
+    student, _, _ = train_student(DistillConfig("mouth_open", 1.0, width=8, max_width=16), inputs, targets,
+                                  minutes=5, max_steps=300)
+    change = apply_student(student, inputs).astype(float) - inputs
+    inside = change[:, 20:28, 10:22].mean()
+    assert inside > 15 and inside > 5 * abs(change[:, :16].mean())

@@ -73,6 +73,42 @@ def contrast_groups(scores: npt.NDArray[np.float64], clip_id: npt.NDArray[np.int
     return np.concatenate(idx), np.concatenate(labels), np.concatenate(groups)
 
 
+# eyes_open contrasts a clip's blinks (eye aspect ratio below BLINK_RATIO x the clip's median, as the data
+# README counts them) with open-eyed frames of the same clip matched on the other expressions and the head
+# pose: with the plain lowest-tenth contrast, the low-eyed frames of the nine first clips were mostly smiles
+# (a smile narrows the eyes) and the direction learned a smile.
+BLINK_RATIO = 0.75
+BLINK_MATCHES = 3  # open frames matched to each blink frame
+_MATCHED_ON = ("smile", "mouth_open", "yaw", "pitch")
+
+
+def blink_groups(scores: dict[str, npt.NDArray[np.float64]], clip_id: npt.NDArray[np.int64],
+                 candidates: npt.NDArray[np.int64], ratio: float = BLINK_RATIO, matches: int = BLINK_MATCHES
+                 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_], npt.NDArray[np.int64]]:
+    """Per clip with two blink frames or more: its blink frames (low) and, for each, the `matches` open-eyed
+    frames (at or above the clip's median) nearest in the other expressions and pose (high; a frame may be
+    matched more than once). Same return as contrast_groups."""
+    idx, labels, groups = [], [], []
+    eyes = scores["eyes_open"]
+    for clip in np.unique(clip_id[candidates]):
+        members = candidates[clip_id[candidates] == clip]
+        median = np.median(eyes[members])
+        low, open_ = members[eyes[members] < ratio * median], members[eyes[members] >= median]
+        if len(low) < 2 or len(open_) < matches:
+            continue
+        other = np.stack([scores[name][members] for name in _MATCHED_ON], 1)
+        scale = other.std(0) + 1e-9  # each confound in units of its spread within the clip
+        features = {int(i): row / scale for i, row in zip(members, other)}
+        high = np.concatenate([open_[np.argsort([np.linalg.norm(features[int(j)] - features[int(i)]) for j in open_],
+                                                kind="stable")[:matches]] for i in low])
+        idx += [low, high]
+        labels += [np.zeros(len(low), bool), np.ones(len(high), bool)]
+        groups += [np.full(len(low) + len(high), clip)]
+    if not idx:
+        raise ValueError("no clip has two blink frames; eyes_open cannot be contrasted")
+    return np.concatenate(idx), np.concatenate(labels), np.concatenate(groups)
+
+
 # The face region each edit should change (stream/regions.py outlines it from the landmarks)
 EDIT_REGIONS = {"mouth_open": "mouth", "smile": "mouth", "eyes_open": "eyes"}
 
@@ -121,17 +157,30 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
                         split: Split, names: tuple[str, ...] = EDIT_NAMES,
                         contrasts: dict[str, tuple[float, float]] | None = None,
                         norm_fraction: float = 0.8, default_strength: float = 1.0,
-                        generator: Generator | None = None, crop_size: int = 256, pool: int = 8) -> list[Direction]:
+                        generator: Generator | None = None, crop_size: int = 256, pool: int = 8,
+                        blinks: bool = True) -> list[Direction]:
     """One Direction per attribute from the training frames' codes [N, num_ws, D] and landmarks [N, 68, 2].
 
-    With `generator`, each direction is localised to its face part (localise; pool 0: not)."""
+    With `generator`, each direction is localised to its face part (localise; pool 0: not). eyes_open
+    contrasts blinks with matched open frames (blink_groups; blinks=False: CONTRASTS like the others)."""
     scores = attribute_scores(landmarks)
     sample = codes[split.train[:: max(1, len(split.train) // 16)]]
     jacobians: dict[tuple[float, ...], npt.NDArray[np.float64]] = {}
     out = []
     for name in names:
         low, high = (contrasts or CONTRASTS).get(name, (0.3, 0.3))
-        idx, labels, groups = contrast_groups(scores[name], split.clip_id, split.train, low, high)
+        found = None
+        if name == "eyes_open" and blinks:
+            try:
+                found = blink_groups(scores, split.clip_id, split.train)
+                contrast: list[float] | str = (f"blinks (< {BLINK_RATIO} x clip median) vs {BLINK_MATCHES} "
+                                               "matched open frames each")
+            except ValueError:
+                log.warning("eyes_open: no training clip has two blink frames; contrasting its lowest tenth instead")
+        if found is None:
+            found = contrast_groups(scores[name], split.clip_id, split.train, low, high)
+            contrast = [low, high]
+        idx, labels, groups = found
         vector = discover_mean_difference(codes[idx], labels, groups)
         layers = layers_from_norm(vector, norm_fraction)
         box = part_box(landmarks[split.train], name, crop_size)
@@ -148,7 +197,7 @@ def discover_directions(codes: npt.NDArray[np.float32], landmarks: npt.NDArray[n
         log.info("%s: layers %s hold %.0f%% of the norm; per-layer norm %s", name, layers,
                  100 * energy[layers].sum() / energy.sum(), np.round(np.sqrt(energy), 2).tolist())
         out.append(Direction(name, vector, layers, default_strength, _DESCRIPTIONS.get(name, ""),
-                             {"method": "within-clip mean difference", "region": EDIT_REGIONS[name], "contrast": [low, high], "clips": len(np.unique(groups)),
+                             {"method": "within-clip mean difference", "region": EDIT_REGIONS[name], "contrast": contrast, "clips": len(np.unique(groups)),
                               "samples": len(idx), "score_gap": round(gap, 4), "localised_pool": pool if generator is not None else 0, "part_box": [round(v, 3) for v in box],
                               "layer_norm": [round(float(v), 4) for v in np.sqrt(energy)]}))
     return out

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 from engines.nets.student import ResidualStudent
 from engines.nets.stylegan2 import Generator
@@ -32,6 +33,8 @@ from training.edit_metrics import teacher_edit
 from training.pack import to_model_input
 
 log = logging.getLogger(__name__)
+
+HUBER_BETA = 0.05  # in [-1, 1] pixel units (~6/255): quadratic below, L1 above
 
 
 @dataclass
@@ -92,7 +95,9 @@ def train_student(config: DistillConfig, inputs: npt.NDArray[np.uint8], targets:
         frac = (time.monotonic() - start) / budget  # cosine decay over the time budget
         for group in opt.param_groups:
             group["lr"] = config.lr * 0.5 * (1 + np.cos(np.pi * min(frac, 1.0)))
-        loss = (student(x) - y).abs().mean()
+        # Huber, not L1: the teacher pairs change only the edit's region, and L1's median pulled the zero-initialised
+        # change head back to zero everywhere (a student that never edited); near zero Huber is quadratic
+        loss = F.smooth_l1_loss(student(x), y, beta=HUBER_BETA)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from stream.edits.attributes import IdentityEmbedder
+from stream.edits.attributes import IdentityEmbedder, cosine_similarity
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.losses import psnr
@@ -46,6 +46,7 @@ RESIDUAL_COLOUR = "luma"
 # An edit counts as working when, at its calibrated strength, it moves its own attribute by at least this
 # share of its training contrast on held-out frames of seen people, and the right way on the unseen clip.
 MIN_SHARE_OF_GAP = 0.25
+IDENTITY_FACES = 30  # faces per reconstruction row whose identity is measured (dlib descriptors are slow)
 
 
 def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
@@ -53,15 +54,27 @@ def _subsample(idx: npt.NDArray[np.int64], count: int) -> npt.NDArray[np.int64]:
 
 
 def reconstruction_metrics(state: TrainState, data: PackData, codes: npt.NDArray[np.float32],
-                           crops: npt.NDArray[np.uint8]) -> dict[str, dict[str, float]]:
-    """PSNR of G(E(x)) against x at the model's size, and of up(G(E(x))) against the 256 px crop."""
+                           crops: npt.NDArray[np.uint8], landmarks: npt.NDArray[np.float32] | None = None,
+                           embedder: IdentityEmbedder | None = None) -> dict[str, dict[str, float]]:
+    """PSNR of G(E(x)) against x at the model's size, and of up(G(E(x))) against the 256 px crop (held-out
+    clips together, and each on its own when there are several); with an embedder, the identity cosine of
+    up(G(E(x))) against the crop (dlib descriptors in the crop's landmarks, IDENTITY_FACES per row)."""
     out = {}
-    for name, idx in (("train", _subsample(data.split.train, 300)), ("heldout_frames", data.split.heldout_frames),
-                      ("heldout_clip", data.split.heldout_clip)):
+    names = data.split.clip_names
+    per_clip = [(f"heldout_clip {names[k]}", data.split.heldout_clip[data.split.clip_id[data.split.heldout_clip] == k])
+                for k in np.unique(data.split.clip_id[data.split.heldout_clip])]
+    for name, idx in [("train", _subsample(data.split.train, 300)), ("heldout_frames", data.split.heldout_frames),
+                      ("heldout_clip", data.split.heldout_clip)] + (per_clip if len(per_clip) > 1 else []):
         images = decode(state.generator_ema, codes[idx])
+        recon = upsampled(images, crops.shape[1])
         out[name] = {"faces": len(idx),
                      "psnr_model_size": float(psnr(torch.from_numpy(images), data.images[torch.from_numpy(idx)]).mean()),
-                     "psnr_crop_size": psnr_uint8(upsampled(images, crops.shape[1]), crops[idx])}
+                     "psnr_crop_size": psnr_uint8(recon, crops[idx])}
+        if embedder is not None and landmarks is not None:
+            pick = _subsample(np.arange(len(idx)), IDENTITY_FACES)
+            pairs = [(embedder.embed(crops[idx[i]], landmarks[idx[i]]), embedder.embed(recon[i], landmarks[idx[i]]))
+                     for i in pick]
+            out[name]["identity_cosine"] = float(np.mean([cosine_similarity(a, b) for a, b in pairs]))
     return out
 
 
@@ -117,16 +130,33 @@ def pack_sheet(state: TrainState, crops: npt.NDArray[np.uint8], codes: npt.NDArr
     return stack(blocks)
 
 
+def _published(metrics: dict | None) -> dict:
+    """The numbers a previous pack's card gave: its held-out clips' reconstruction and its student's speed."""
+    if not metrics:
+        return {}
+    faces = metrics["faces"]
+    student = metrics.get("student") or {}
+    return {"heldout_clips": faces.get("heldout_clip_names") or [faces.get("heldout_clip_name")],
+            "heldout_clip": metrics["reconstruction"]["heldout_clip"], "heldout_frames": metrics["reconstruction"]["heldout_frames"],
+            **({"teacher_ms": student["teacher_ms"], "student_ms": student["student_ms"]} if student else {})}
+
+
 def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_dir: Path, argv_note: str,
-                sheet_path: Path | None = None) -> Path:
-    """Write the pack to out_dir; returns the model card's path."""
+                sheet_path: Path | None = None, baseline: TrainState | None = None,
+                skipped: dict[str, str] | None = None, baseline_published: dict | None = None) -> Path:
+    """Write the pack to out_dir; returns the model card's path. `baseline` (an earlier pack's networks) gets
+    its reconstructions measured on the same frames, for the card's comparison; `skipped`: clips the crop
+    cache could not use, with the reason; `baseline_published`: the baseline pack's own metrics.json, whose
+    numbers (on its own split) the card quotes beside it."""
     t0 = time.monotonic()
     crops, landmarks = concat(clips)
     codes = encode_all(state.encoder_ema, data.images)
     directions = discover_directions(codes, landmarks, data.split, generator=state.generator_ema,
                                      crop_size=crops.shape[1])
-    recon = reconstruction_metrics(state, data, codes, crops)
     embedder = IdentityEmbedder()
+    recon = reconstruction_metrics(state, data, codes, crops, landmarks, embedder)
+    baseline_recon = None if baseline is None else reconstruction_metrics(
+        baseline, data, encode_all(baseline.encoder_ema, data.images), crops, landmarks, embedder)
     reports = {}
     for name, idx in (("heldout_frames", _subsample(data.split.heldout_frames, 40)),
                       ("heldout_clip", _subsample(data.split.heldout_clip, 30))):
@@ -144,9 +174,12 @@ def export_pack(state: TrainState, data: PackData, clips: list[ClipCrops], out_d
     save_png(sheet, sheet_path)
     metrics = {"step": state.step, "train_minutes": round(state.seconds / 60, 1), "config": state.config.__dict__,
                "faces": {"train": len(data.split.train), "heldout_frames": len(data.split.heldout_frames),
-                         "heldout_clip": len(data.split.heldout_clip), "heldout_clip_name": state.config.holdout_clip,
-                         "clips": names},
+                         "heldout_clip": len(data.split.heldout_clip), "heldout_clip_names": state.config.holdout_clips,
+                         "clips": names, "skipped": skipped or {}},
                "reconstruction": recon, "edits": reports,
+               **({"baseline": {"source": baseline.history[0].get("init_from_pack", "an earlier pack"),
+                                "step": baseline.step, "reconstruction": baseline_recon,
+                                "published": _published(baseline_published)}} if baseline else {}),
                "directions": {d.name: {"layers": d.layers, **d.metadata} for d in directions},
                "default_edit": list(default_edit),
                "default_strengths": {d.name: d.default_strength for d in directions}, "command": argv_note,

@@ -82,7 +82,7 @@ def grow_state(small: TrainState, lr: float | None = None, eye_weight: float | N
     num_ws = 2 * (size.bit_length() - 1) - 2
     config = PackConfig(size=size, generator_width=cfg.generator_width, encoder_width=cfg.encoder_width,
                         batch=cfg.batch, lr=cfg.lr if lr is None else lr, warmup_steps=cfg.warmup_steps,
-                        ema_decay=cfg.ema_decay, holdout_clip=cfg.holdout_clip, holdout_frac=cfg.holdout_frac,
+                        ema_decay=cfg.ema_decay, holdout_clips=cfg.holdout_clips, holdout_frac=cfg.holdout_frac,
                         seed=cfg.seed, start_step=small.step, balance_expressions=balance_expressions,
                         eye_weight=cfg.eye_weight if eye_weight is None else eye_weight,
                         generator=small_generator_config(size, width=cfg.generator_width, n_mlp=cfg.generator["n_mlp"]),

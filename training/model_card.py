@@ -2,10 +2,14 @@
 measured metrics (training/export.py and training/distill.py), so the numbers in prose are the numbers run."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from stream.report import write_section
+from training.data import MAX_FACES_PER_CLIP
+
+CLIP_SOURCES = Path(__file__).with_name("clip_sources.json")
 
 SECTION = "## Demo pack"
 
@@ -27,14 +31,31 @@ def _strengths_line(metrics: dict[str, Any]) -> str:
             "change that keeps identity cosine >= 0.95).")
 
 
+def _published_line(published: dict[str, Any]) -> str:
+    clip, frames = published["heldout_clip"], published["heldout_frames"]
+    speed = (f"; its student ran in {published['student_ms']:.1f} ms against the teacher's {published['teacher_ms']:.1f} ms"
+             if "student_ms" in published else "")
+    return (f"As its own card published them (its own split): held-out clip {', '.join(published['heldout_clips'])} "
+            f"{clip['psnr_model_size']:.2f} dB over {clip['faces']} frames, held-out frames of seen people "
+            f"{frames['psnr_model_size']:.2f} dB over {frames['faces']}{speed}.")
+
+
 def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) -> list[str]:
     """The measured numbers as markdown (shared by the model card and bench/RESULTS.md)."""
     rec = metrics["reconstruction"]
+    baseline = metrics.get("baseline")
     lines = ["### Reconstruction (EMA weights; PSNR of G(E(x)) against x)", "",
-             f"| faces | n | PSNR at {metrics['config']['size']} px | PSNR of the up-sampled output vs the 256 px crop |",
-             "|---|---|---|---|"]
+             *([f"Rows marked 'previous pack' are the pack this one started from ({baseline['source']}, step "
+                f"{baseline['step']}), measured on the same frames."] if baseline else []),
+             *([_published_line(baseline["published"])] if baseline and baseline.get("published") else []), "",
+             f"| faces | n | PSNR at {metrics['config']['size']} px | PSNR of the up-sampled output vs the 256 px crop "
+             "| identity cosine (dlib, up-sampled output vs crop) |", "|---|---|---|---|---|"]
     for name, r in rec.items():
-        lines.append(f"| {name} | {r['faces']} | {r['psnr_model_size']:.2f} dB | {r['psnr_crop_size']:.2f} dB |")
+        for label, row in ((name, r), (f"{name}, previous pack", (baseline or {}).get("reconstruction", {}).get(name))):
+            if row:
+                identity = f"{row['identity_cosine']:.3f}" if "identity_cosine" in row else "-"
+                lines.append(f"| {label} | {row['faces']} | {row['psnr_model_size']:.2f} dB | "
+                             f"{row['psnr_crop_size']:.2f} dB | {identity} |")
     lines += ["", "### Directions (within-clip mean difference of each training clip's highest- vs lowest-scoring "
               "frames, localised to the mouth / eyes: change outside that part projected out)", "",
               "| edit | works | frames contrasted (lowest, highest fraction) | layers (80 % of norm) | clips "
@@ -46,7 +67,8 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
     lines += ["", "'Works': at its pipeline strength 1.0 the edit moves its own attribute by at least a quarter of "
               "its training contrast on held-out frames and the right way on the held-out clip (training/export.verify)."]
     for key, title in (("heldout_frames", "held-out frames of seen people"),
-                       ("heldout_clip", f"the held-out clip ({metrics['faces']['heldout_clip_name']}, unseen person)")):
+                       ("heldout_clip", f"the held-out clips ({', '.join(metrics['faces']['heldout_clip_names'])}, "
+                                        "unseen people)")):
         lines += ["", f"### Edits on {title}", "",
                   "Attribute changes are landmark scores (stream/edits/attributes.py) of the edited crop minus the "
                   "unedited crop, measured in the same box; 'score gap' above is the training contrast at vector strength 1. "
@@ -71,22 +93,45 @@ def metrics_markdown(metrics: dict[str, Any], student: dict[str, Any] | None) ->
     return lines
 
 
+TERMS = ("For non-commercial research use only. Most of the clips it was trained on carry non-commercial or "
+         "research-only terms (the table under Data), and the FFHQ-derived StyleGAN2 / e4e checkpoints that users bring "
+         "instead of this pack are non-commercial research checkpoints too. The clips are not redistributed here.")
+
+
+def _clip_rows(faces: dict[str, Any]) -> list[str]:
+    """Every clip with its role, source and licence (training/clip_sources.json)."""
+    table = json.loads(CLIP_SOURCES.read_text())["clips"]
+    held = set(faces["heldout_clip_names"])
+    lines = ["| clip | role | source (repository : path) | licence |", "|---|---|---|---|"]
+    for name in faces["clips"]:
+        entry = table.get(name, {"source": "not recorded", "licence": "unknown"})
+        role = "held out (unseen person)" if name in held else "training (last frames held out)"
+        lines.append(f"| {name} | {role} | {entry['source']} | {entry['licence']} |")
+    for name, reason in faces.get("skipped", {}).items():
+        entry = table.get(name, {"source": "not recorded", "licence": "unknown"})
+        lines.append(f"| {name} | not used: {reason} | {entry['source']} | {entry['licence']} |")
+    return lines
+
+
 def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any] | None) -> Path:
     cfg = metrics["config"]
     faces = metrics["faces"]
+    people = len(faces["clips"]) - len(faces["heldout_clip_names"])
+    start = next((h for h in metrics.get("history", [])[:1] if "init_from_pack" in h), None)
     lines = [
         "# Demo model pack (trained in this project)", "",
         "A small W+ autoencoder (DemoEncoder + narrow StyleGAN2 synthesis) and three landmark-attribute edit "
-        "directions, trained from scratch on the CPU on nine short face clips. It exists so that the first run "
+        f"directions, trained on the CPU on {people} people's short face clips. It exists so that the first run "
         "shows a real edit with nothing downloaded. It is weak: judge it by the numbers and the contact sheet "
         "(bench/pack_contact_sheet.png), not as a StyleGAN.", "",
+        "## Terms", "", TERMS, "",
         "## Data",
-        f"- ../shared/data/faces: {len(faces['clips'])} clips ({', '.join(faces['clips'])}), one person each; "
-        "every frame aligned to the FFHQ crop (stream/faces, dlib HOG + 68 landmarks) at 256 px, down-sampled "
-        f"to {cfg['size']} px for the networks.",
+        f"- ../shared/data/faces: {len(faces['clips'])} clips, one person each; frames (evenly spaced, at most "
+        f"{MAX_FACES_PER_CLIP} per clip) aligned to the FFHQ crop (stream/faces, dlib HOG + 68 landmarks) at 256 px, "
+        f"down-sampled to {cfg['size']} px for the networks.",
         f"- Training: {faces['train']} crops. Held out: the last {cfg['holdout_frac']:.0%} of each other clip "
-        f"({faces['heldout_frames']} frames) and the whole clip {faces['heldout_clip_name']} "
-        f"({faces['heldout_clip']} frames, an unseen person).", "",
+        f"({faces['heldout_frames']} frames) and the whole clips {', '.join(faces['heldout_clip_names'])} "
+        f"({faces['heldout_clip']} frames, unseen people).", "", *_clip_rows(faces), "",
         "## Networks",
         f"- generator.safetensors: StyleGAN2 (engines/nets/stylegan2.py) {cfg['size']} px, channels "
         f"{cfg['generator']['channels']}, {2 * (cfg['size'].bit_length() - 1) - 2} W+ entries. Its mapping network "
@@ -94,6 +139,9 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         f"- encoder.safetensors: DemoEncoder {cfg['encoder']} (codes are W+ directly, no latent_avg).",
         "- directions.safetensors: mouth_open, smile, eyes_open (training/directions.py).", "",
         "## Training",
+        *([f"- Started from the pack at {start['init_from_pack']} (step {start['step']}, {start['minutes']} min "
+           "trained; its own card tells how it was grown from 64 px), fine-tuned on the clips above "
+           "(training/finetune.py: same networks, fresh optimizer)."] if start else []),
         *[f"- Grown from a {h['grown_from_size']} px run trained {h['step']} steps ({h['minutes']} min): "
           "training/grow.py doubles the resolution of both networks, reproducing the small pair at the start."
           for h in metrics.get("history", [])[:1] if "grown_from_size" in h],
@@ -112,7 +160,7 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         *[f"- {note}" for note in metrics.get("notes", [])], "",
         "## Metrics", "", *metrics_markdown(metrics, student), "",
         "## Limits",
-        "- Nine people: an unseen face inverts to a blurry, partly generic face (see the held-out clip's PSNR). "
+        f"- {people} people: an unseen face inverts to a blurry, partly generic face (see the held-out clips' PSNR). "
         "The runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the input's detail, so only the edit's "
         "change comes from this generator.",
         f"- {cfg['size']} px: an open eye is {max(2, cfg['size'] // 32)}-{max(3, cfg['size'] // 20)} px tall; small "
@@ -120,7 +168,7 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         *(["- The residual goes back as brightness only (pack.json residual_colour luma): an edit that should change "
            "colour cannot; for these expression edits that is what keeps the generator's colour errors off the face."]
           if metrics.get("residual_colour") == "luma" else []),
-        "- Directions are averages over nine clips' expressions; they also move correlated attributes (the other "
+        f"- Directions are averages over {people} clips' expressions; they also move correlated attributes (the other "
         "attributes' columns above show how much).",
         "- No adversarial loss: the generator is a decoder, not a sampler; random z through its mapping gives noise.",
     ]

@@ -54,7 +54,7 @@ class PackConfig:
     lr: float = 5e-4
     warmup_steps: int = 100
     ema_decay: float = 0.995
-    holdout_clip: str = "d19"
+    holdout_clips: list[str] = field(default_factory=lambda: ["d19"])  # whole clips held out (unseen people)
     holdout_frac: float = 0.12
     seed: int = 0
     eye_weight: float = 3.0  # loss weight added on the eyes (loss_weights)
@@ -117,7 +117,7 @@ class PackData:
 
 def prepare_data(clips: list[ClipCrops], config: PackConfig) -> PackData:
     crops, landmarks = concat(clips)
-    split = make_split(clips, config.holdout_clip, config.holdout_frac)
+    split = make_split(clips, config.holdout_clips, config.holdout_frac)
     return PackData(to_model_input(crops, config.size), loss_weights(landmarks, crops.shape[1], config.size, config.eye_weight),
                     split, torch.from_numpy(expression_weights(landmarks, split.clip_id)))
 
@@ -149,7 +149,10 @@ def load_state(run_dir: Path) -> TrainState:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except (OSError, RuntimeError) as err:
         raise CheckpointError(f"{path}: cannot read the training checkpoint ({err}); delete it to start over") from None
-    state = new_state(PackConfig(**json.loads(data["config"])))
+    config = json.loads(data["config"])
+    if "holdout_clip" in config:  # checkpoints written before several clips could be held out
+        config["holdout_clips"] = [config.pop("holdout_clip")]
+    state = new_state(PackConfig(**config))
     state.generator.load_state_dict(data["generator"])
     state.encoder.load_state_dict(data["encoder"])
     state.generator_ema.load_state_dict(data["generator_ema"])
@@ -187,7 +190,7 @@ def reconstruct(g: Generator, e: DemoEncoder, images: Tensor, batch: int = 64) -
 
 @torch.no_grad()
 def evaluate(state: TrainState, data: PackData) -> dict[str, float]:
-    """Mean reconstruction PSNR (EMA weights) on the held-out frames and the held-out clip."""
+    """Mean reconstruction PSNR (EMA weights) on the held-out frames and the held-out clips."""
     out = {}
     for name, idx in (("psnr_heldout_frames", data.split.heldout_frames), ("psnr_heldout_clip", data.split.heldout_clip)):
         images = data.images[torch.from_numpy(idx)]

@@ -89,7 +89,7 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"{args.pack}: no direction {edit!r} (have {', '.join(directions)}); pick one with --edit")
     metrics_path = args.pack / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else None
-    holdout = metrics["faces"]["heldout_clip_name"] if metrics else "d19"
+    holdout = metrics["faces"]["heldout_clip_names"] if metrics else ["d19"]
     clips = load_cache(args.run_dir / "crops")
     crops, landmarks = concat(clips)
     split = make_split(clips, holdout)
