@@ -97,8 +97,6 @@ class GanRenderer:
     to the encoder's codes when given.
     """
 
-    stages = ("encode", "smooth", "edit", "generate")
-
     def __init__(self, encoder: Engine, generator: Engine, directions: Mapping[str, Direction], *,
                  crop_size: int, latent_avg: npt.NDArray[np.float32] | None = None, residual: bool = True,
                  residual_colour: ResidualColour = "rgb") -> None:
@@ -156,8 +154,6 @@ class StudentRenderer:
     distilled one scales the predicted change linearly (strength 0: no change). Several edits apply in
     the order given, each on the previous one's output.
     """
-
-    stages = ("student",)
 
     def __init__(self, students: Mapping[str, tuple[Engine, float]], *, crop_size: int) -> None:
         if not students:

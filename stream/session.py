@@ -127,7 +127,6 @@ class EditNetworks:
         self._lock = threading.Lock()
         self._gan: GanRenderer | None = None
         self._students: StudentRenderer | None = None
-        self._gan_names: tuple[str, ...] | None = None
         self._direction_set: dict[str, Direction] | None = None
         self._regions: dict[str, str] = {}
         self._announced: set[str] = set()
@@ -156,13 +155,8 @@ class EditNetworks:
     @property
     def names(self) -> tuple[str, ...]:
         """Every edit some renderer of this run can make."""
-        gan = self.gan_names() if self.can_gan else ()
+        gan = self._directions() if self.can_gan else {}
         return tuple(sorted(set(gan) | set(self.student_names)))
-
-    def gan_names(self) -> tuple[str, ...]:
-        if self._gan_names is None:
-            self._gan_names = tuple(sorted(self._directions()))
-        return self._gan_names
 
     def path_for(self, edits: Sequence[EditSpec]) -> RenderPath:
         """The one rule (module docstring)."""
