@@ -294,17 +294,12 @@ def post(url: str, body: bytes, origin: str | None = None) -> tuple[int, dict]:
 
 async def client_session(url: str, frames: int = 30) -> tuple[int, dict, list[np.ndarray], object]:
     """An aiortc peer that sends grey frames and collects what comes back."""
-    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription, VideoStreamTrack
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 
-    class Grey(VideoStreamTrack):
-        async def recv(self) -> av.VideoFrame:
-            pts, time_base = await self.next_timestamp()
-            frame = av.VideoFrame.from_ndarray(np.full((96, 128, 3), 100, np.uint8), format="rgb24")
-            frame.pts, frame.time_base = pts, time_base
-            return frame
+    from tests.live_client import grey_track
 
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    pc.addTrack(Grey())
+    pc.addTrack(grey_track())
     pc.createDataChannel("controls")
     received: list[np.ndarray] = []
     done = asyncio.Event()
