@@ -49,7 +49,10 @@ def resources() -> Resources:
         except OSError:
             pass
     udp = sum(1 for link in links if link.startswith("socket:[") and link[8:-1] in udp_inodes)
-    return Resources(rss_kb / 1024, len(links), threading.active_count(), udp)
+    # asyncio's default executor is a pool that grows to its cap and keeps its threads ("asyncio_N"):
+    # not a stream's resource, so not counted
+    threads = sum(1 for thread in threading.enumerate() if not thread.name.startswith("asyncio_"))
+    return Resources(rss_kb / 1024, len(links), threads, udp)
 
 
 def grey_track():

@@ -64,6 +64,8 @@ def test_sessions_in_a_row_give_back_what_they_took(server) -> None:
         assert peer.status == 200 and len(peer.frames) == 5
         idle(server)
         rss.append(live_client.resources().rss_mb)
+    # a closed stream's worker thread ends just after its peer does
+    live_client.wait_until(lambda: live_client.resources().threads <= baseline.threads, 5)
     after = live_client.resources()
     print(f"{sessions} sessions: before {baseline}; after {after}; rss per session {[round(r) for r in rss]}")
     assert after.fds <= baseline.fds and after.udp <= baseline.udp and after.threads <= baseline.threads
