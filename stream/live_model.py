@@ -13,7 +13,6 @@ edit either path can make; both are built here, before the first stream.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -21,24 +20,6 @@ from stream.config import EditSpec, FaceConfig, ModelConfig
 from stream.realtime import FrameProcessor
 
 log = logging.getLogger(__name__)
-
-
-def shared_dlib_detector(landmarker):
-    """dlib's HOG detector for every stream. It releases the GIL while it scans, and its scanner keeps
-    the image being scanned, so two streams' scans must not overlap: one at a time. (The 68-point
-    predictor is const in dlib and safe to share as it is.)"""
-    from stream.faces.detect import DlibDetector
-
-    class SharedDlibDetector(DlibDetector):
-        def __init__(self) -> None:
-            super().__init__(landmarker=landmarker)
-            self._scan_lock = threading.Lock()
-
-        def _hog_boxes(self, *args, **kwargs):
-            with self._scan_lock:
-                return super()._hog_boxes(*args, **kwargs)
-
-    return SharedDlibDetector()
 
 
 @dataclass(frozen=True)
@@ -54,7 +35,7 @@ class LiveModel:
 def live_model(model: ModelConfig, face: FaceConfig, edits: Sequence[EditSpec], fps: float = 30.0) -> LiveModel:
     """Build the networks and the face models once (errors surface here, before anything starts)."""
     from stream.edits.smoothing import make_code_smoother
-    from stream.faces.detect import DlibLandmarker, make_detector
+    from stream.faces.detect import DlibDetector, DlibLandmarker, make_detector
     from stream.filejob import ENGINE_THREADS
     from stream.session import EditNetworks
 
@@ -67,7 +48,7 @@ def live_model(model: ModelConfig, face: FaceConfig, edits: Sequence[EditSpec], 
         from stream.faces.track import FaceTracker
 
         landmarker = DlibLandmarker()
-        detector = shared_dlib_detector(landmarker)
+        detector = DlibDetector(landmarker=landmarker)  # one for every stream: its scans take turns
 
         def tracker() -> FaceTracker:
             return FaceTracker(detector, landmarker=landmarker, detect_every=face.detect_every, fps=fps)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import logging
+import threading
 from pathlib import Path
 from typing import Literal, Protocol, get_args
 
@@ -92,6 +93,9 @@ class DlibDetector:
         self.max_side = max_side
         self.threshold = threshold
         self.landmarker = landmarker or DlibLandmarker()
+        # dlib releases the GIL while it scans and its scanner keeps the image being scanned, so streams
+        # sharing one detector (a live server) must not scan at once; uncontended, the lock costs nothing
+        self._scan_lock = threading.Lock()
 
     def detect_boxes(self, frame: Frame) -> list[tuple[Box, float]]:
         """HOG boxes and scores in frame pixels, best first, without landmarks."""
@@ -132,7 +136,8 @@ class DlibDetector:
                    origin: tuple[int, int]) -> list[tuple[Box, float]]:
         """HOG boxes found in `image`, a copy of the frame region at `origin` scaled by `scale`, mapped back
         to frame pixels (dlib's right/bottom are inclusive), best first."""
-        rects, scores, _ = self._hog.run(np.ascontiguousarray(image), upsample, threshold)
+        with self._scan_lock:
+            rects, scores, _ = self._hog.run(np.ascontiguousarray(image), upsample, threshold)
         x, y = origin
         found = [((x + r.left() / scale, y + r.top() / scale, x + (r.right() + 1) / scale,
                    y + (r.bottom() + 1) / scale), float(score)) for r, score in zip(rects, scores)]
