@@ -61,6 +61,8 @@ class ModelConfig:
     wrote to `calibrated`. crop_size: side of the aligned crop (None: the pack's, or your generator's
     resolution). residual_colour: "rgb" / "luma" (None: the pack's setting for its generator, else rgb).
     gate: weaken edits on faces the generator draws poorly (stream/session.py).
+    motion: move the face's own pixels with the motion the generator draws and add only what that motion
+    does not explain (stream/motion.py); False adds G(w') - G(w) in place.
     tuned_generator: a copy of the generator (pack's or `generator`) tuned to one video by stream/tuning.py;
     the generator path renders with it in place of the original, everything else unchanged.
     """
@@ -80,6 +82,7 @@ class ModelConfig:
     crop_size: int | None = None
     residual_colour: ResidualColour | None = None
     gate: bool = True
+    motion: bool = True
     tuned_generator: Path | None = None
     restyle_iterations: int | None = None
 

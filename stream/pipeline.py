@@ -6,7 +6,9 @@ edits' face regions, weighs it by the face's confidence and adds it to the frame
 
 - GanRenderer: encoder engine -> W+ -> latent edits -> generator engine. By default the change is
   G(w') - G(w), the edit's change in the generator's own rendering (the detail-preserving residual of
-  DESIGN.md); `residual=False` replaces the face by G(w'), colour-matched to the crop with the transfer
+  DESIGN.md), split into the motion it draws (a flow, which the session applies to the crop's own pixels)
+  and the paint the motion does not explain (stream/motion.py); `motion=False` adds G(w') - G(w) in place;
+  `residual=False` replaces the face by G(w'), colour-matched to the crop with the transfer
   that maps G(w) onto the crop, so the edit's own mean change (a darker open mouth) is kept.
   `residual_colour="luma"` keeps only the change's brightness: a small generator's colour errors then
   cannot tint the face, while shapes still show. Every render also measures how well G(w) reproduces
@@ -31,6 +33,7 @@ from stream.composite import colour_transfer, face_mask
 from stream.config import EditSpec
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, apply_edits
+from stream.motion import Flow, edit_flow, warp
 from stream.pixels import SCALE, Images, Pixels, luma_only, to_images, to_pixels
 from stream.types import RESIDUAL_COLOURS, Crop, ResidualColour, StageTimes, WPlus
 
@@ -50,10 +53,14 @@ def timed(times: StageTimes, stage: str) -> Iterator[None]:
         times.add(stage, (time.perf_counter() - start) * 1000.0)
 
 
+def coloured(change: Pixels, colour: ResidualColour) -> Pixels:
+    """A change as it goes back: whole ("rgb") or its brightness only ("luma")."""
+    return luma_only(change) if colour == "luma" else change
+
+
 def residual_change(delta: Images, size: int, colour: ResidualColour = "rgb") -> Pixels:
     """G(w') - G(w) [N, 3, s, s] -> the change to add to the crops, [N, size, size, 3] in 0..255 units."""
-    pixels = to_pixels(delta, size)
-    return luma_only(pixels) if colour == "luma" else pixels
+    return coloured(to_pixels(delta, size), colour)
 
 
 def run_batched(engine: Engine, name: str, batch: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
@@ -82,11 +89,13 @@ def masked_psnr(reconstruction: Pixels, crops: Sequence[Crop], mask: npt.NDArray
 
 @dataclass(frozen=True)
 class Rendered:
-    """A renderer's output for N faces: the changes, and how well the model drew each face (dB; None when
-    the renderer cannot tell, as a student cannot)."""
+    """A renderer's output for N faces: the changes, how well the model drew each face (dB; None when
+    the renderer cannot tell, as a student cannot) and the motion to move each crop's own pixels with
+    (None: the change is all there is)."""
 
     changes: Pixels                      # [N, S, S, 3] float32, 0..255 units
     fidelity: list[float] | None = None
+    flows: list[Flow] | None = None
 
 
 class GanRenderer:
@@ -99,7 +108,7 @@ class GanRenderer:
 
     def __init__(self, encoder: Engine, generator: Engine, directions: Mapping[str, Direction], *,
                  crop_size: int, latent_avg: npt.NDArray[np.float32] | None = None, residual: bool = True,
-                 residual_colour: ResidualColour = "rgb") -> None:
+                 residual_colour: ResidualColour = "rgb", motion: bool = True) -> None:
         if residual_colour not in RESIDUAL_COLOURS:
             raise UserError(f"residual colour {residual_colour!r}: choose one of {', '.join(RESIDUAL_COLOURS)}")
         self.encoder, self.generator = encoder, generator
@@ -108,6 +117,7 @@ class GanRenderer:
         self.crop_size = crop_size
         self.residual = residual
         self.residual_colour = residual_colour
+        self.motion = motion
         (self._encoder_input, encoder_spec), = encoder.input_specs.items()
         (self._generator_input, generator_spec), = generator.input_specs.items()
         self.encoder_size = encoder_spec.shape[-1]
@@ -135,11 +145,18 @@ class GanRenderer:
             both = run_batched(self.generator, self._generator_input, np.concatenate([edited, codes]))
         reconstruction = to_pixels(both[count:], self.crop_size) + SCALE
         fidelity = masked_psnr(reconstruction, crops, self._face)
-        if self.residual:
+        if self.residual and not self.motion:
             return Rendered(residual_change(both[:count] - both[count:], self.crop_size, self.residual_colour),
                             fidelity)
+        edited_pixels = to_pixels(both[:count], self.crop_size) + SCALE
+        if self.residual:
+            with timed(times, "motion"):
+                flows = [edit_flow(before, after) for before, after in zip(reconstruction, edited_pixels)]
+                paint = np.stack([after - warp(before, flow)
+                                  for before, after, flow in zip(reconstruction, edited_pixels, flows)])
+            return Rendered(coloured(paint, self.residual_colour), fidelity, flows)
         changes = []
-        for crop, recon, image in zip(crops, reconstruction, to_pixels(both[:count], self.crop_size) + SCALE):
+        for crop, recon, image in zip(crops, reconstruction, edited_pixels):
             # the transfer that takes G(w) onto the crop, applied to G(w'): the generator's cast goes,
             # the edit's own change of colour and brightness stays
             gain, offset = colour_transfer(recon, crop, self._face)

@@ -19,7 +19,10 @@ Confidence gate: the generator path renders G(w) for every face anyway; its PSNR
 the face mask (`fidelity`) says how well the model draws this person. An edit is weighed by
 clip((fidelity - GATE_LOW_DB) / (GATE_HIGH_DB - GATE_LOW_DB), 0, 1): full strength on a face drawn at
 GATE_HIGH_DB or better, none below GATE_LOW_DB, linear in between, so a model that cannot draw a face
-weakens its edit instead of pasting damage. The student path has no reconstruction to measure and is not gated.
+weakens its edit instead of pasting damage. The gate weighs what the generator paints; the motion it
+draws (stream/motion.py) moves only the person's own pixels inside the edit's region and is applied in
+full, so a face the model draws poorly still gets the edit's shape without another face's colours.
+The student path has no reconstruction to measure and is not gated.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from stream.composite import face_mask, paste_change
 from stream.config import EditSpec, FacesMode, ModelConfig
 from stream.faces.align import FFHQ_TEMPLATE_5, ffhq_affine, transform_points, warp_to_crop
 from stream.modelpack import ModelPack, load_pack
+from stream.motion import warp
 from stream.pipeline import (
     ENCODER_IO,
     GENERATOR_IO,
@@ -269,7 +273,7 @@ class EditNetworks:
         latent_avg = None if average is None else average.detach().cpu().numpy()
         renderer = GanRenderer(encoder_engine, generator_engine, directions, crop_size=self.crop_size,
                                latent_avg=latent_avg, residual=self.config.residual,
-                               residual_colour=self._residual_colour())
+                               residual_colour=self._residual_colour(), motion=self.config.motion)
         return renderer
 
     def _residual_colour(self) -> str:
@@ -430,7 +434,12 @@ class EditSession:
             if rendered.fidelity is not None:
                 weight = self._gate(rendered.fidelity[index])
             mask = union_mask(regions, located.landmarks[index], change.shape[0])
-            out.append(change * (mask * weight)[..., None])
+            confined = change * (mask * weight)[..., None]
+            if rendered.flows is not None:
+                crop = located.crops[index]
+                with timed(self.times, "motion"):
+                    confined += warp(crop, rendered.flows[index] * mask[..., None]) - crop
+            out.append(confined)
         return out
 
     def _gate(self, fidelity: float) -> float:

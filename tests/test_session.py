@@ -81,7 +81,7 @@ def test_face_region_changes_and_the_rest_is_byte_identical(pack: Path, frame: F
     np.testing.assert_array_equal(out[~inside], frame[~inside])
     assert np.abs(out[inside].astype(int) - frame[inside]).mean() > 0.5
     expected = {"student": {"detect", "align", "student", "composite"},
-                "gan": {"detect", "align", "encode", "edit", "generate", "composite"}}[path]
+                "gan": {"detect", "align", "encode", "edit", "generate", "motion", "composite"}}[path]
     assert set(pipeline.times.mean_ms()) == expected
 
 
@@ -169,7 +169,7 @@ def test_several_edits_combine_and_each_frame_keeps_its_snapshot(pack: Path, fra
 
 def test_the_change_is_not_quantised_before_paste_back(pack: Path) -> None:
     """A change under half a grey level per render still adds up: nothing rounds it in crop space."""
-    renderer = networks(pack, "gan").gan()
+    renderer = networks(pack, "gan", motion=False).gan()  # the paint alone: motion moves pixels, it adds none
     crop = np.full((CROP_SIZE, CROP_SIZE, 3), 128, np.uint8)
     codes = renderer.encode([crop])
     from stream.types import StageTimes
@@ -244,8 +244,9 @@ def test_the_gate_weakens_an_edit_on_a_face_the_generator_draws_poorly(pack: Pat
     assert gate_weight(GATE_LOW_DB - 1) == 0.0 and gate_weight(GATE_HIGH_DB + 1) == 1.0
     assert 0.0 < gate_weight((GATE_LOW_DB + GATE_HIGH_DB) / 2) < 1.0
     target = face(120, 80, 40, track_id=0)
-    ungated = session(pack, "gan", ScriptedTracker([target]))
-    gated = session(pack, "gan", ScriptedTracker([target]), gate=True)
+    # the gate weighs what the generator paints; the motion it draws moves the face's own pixels, ungated
+    ungated = session(pack, "gan", ScriptedTracker([target]), motion=False)
+    gated = session(pack, "gan", ScriptedTracker([target]), gate=True, motion=False)
     for s in (ungated, gated):
         s.set_edits([("smile", 1.0)])
     assert not np.array_equal(ungated.process(frame, 0.0), frame)

@@ -171,7 +171,7 @@ def stage_table(result) -> str:
     """Milliseconds per stage: mean per call, calls, and the share of the job's wall time (decode and write
     run in threads of their own, beside the other stages, so the shares add up to more than 100%)."""
     means = result.times.mean_ms()
-    order = ["decode", "detect", "align", "encode", "smooth", "edit", "generate", "student", "composite", "write"]
+    order = ["decode", "detect", "align", "encode", "smooth", "edit", "generate", "motion", "student", "composite", "write"]
     stages = [s for s in order if s in means] + sorted(s for s in means if s not in order)
     total_ms = result.seconds * 1000.0
     lines = [f"{'stage':<10} {'ms/call':>8} {'calls':>6} {'share':>6}"]

@@ -38,9 +38,13 @@ def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
                              "for its generator, rgb for yours)")
     parser.add_argument("--no-gate", action="store_true",
                         help="gan path: do not weaken edits on faces the generator reproduces poorly")
+    parser.add_argument("--no-motion", action="store_true",
+                        help="gan path: add the generator's change in place, instead of moving the face's own "
+                             "pixels with the motion the edit draws and adding only the rest")
 
 
 def engine_options(args: argparse.Namespace) -> dict:
     """ModelConfig keywords from add_engine_arguments' options."""
     return {"precision": args.precision, "calibrated": args.calibrated, "crop_size": args.crop_size,
-            "residual_colour": args.residual_colour, "gate": not args.no_gate}
+            "residual_colour": args.residual_colour, "gate": not args.no_gate,
+            "motion": not args.no_motion}
