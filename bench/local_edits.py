@@ -4,9 +4,12 @@
 
 Each clip's first --frames frames are cut losslessly to a temporary file; then, with the demo pack on the
 generator path (`file ... --model gan`), each edit at strength 1 runs
-- "whole face": the edit's change pasted on the whole face, no gate (how edits went back before regions);
-- "region + gate": confined to the edit's region (stream/regions.py) and weighed by the confidence gate;
-- "region + gate + tune": the same with the generator tuned to the cut clip first (`file --tune`, shortened
+- "whole face": G(w') - G(w) added on the whole face, no gate (how edits went back before regions);
+- "region + gate": the same confined to the edit's region (stream/regions.py), weighed by the confidence
+  gate (`--no-motion`);
+- "motion": the default: the crop's own pixels moved by the motion the generator draws, plus what the
+  motion does not explain, in the region, the latter gated (stream/motion.py);
+- "motion + tune": the same with the generator tuned to the cut clip first (`file --tune`, shortened
   by --tune-steps / --tune-frames / --invert-steps; --tune-steps 0 leaves it out);
 and a strength-0 run gives the re-encoding-only figure. `evaluate` (stream/evaluate.py) measures each output
 against the cut input: change in the mouth, on the rest of the face ("collateral"), the attributes'
@@ -66,7 +69,7 @@ def tune(clip: Path, args: argparse.Namespace) -> tuple[Path, float, float, floa
         report.psnr_tuned if report else float("nan")
 
 
-def run(clip: Path, out: Path, edit: str, strength: float, confined: bool,
+def run(clip: Path, out: Path, edit: str, strength: float, confined: bool, motion: bool,
         tuned: Path | None = None) -> tuple[float, float]:
     """Edit `clip` into `out`; (seconds, mean fidelity of G(w) in dB)."""
     original = EditNetworks.region
@@ -74,7 +77,8 @@ def run(clip: Path, out: Path, edit: str, strength: float, confined: bool,
         EditNetworks.region = lambda self, name: "face"  # type: ignore[method-assign]
     try:
         config = FileJobConfig(input=clip, output=out, edits=((edit, strength),), overwrite=True,
-                               model=ModelConfig(path="gan", gate=confined, tuned_generator=tuned))
+                               model=ModelConfig(path="gan", gate=confined, motion=motion,
+                                                 tuned_generator=tuned))
         start = time.perf_counter()
         result = run_file_job(config)
         return time.perf_counter() - start, result.gate.mean_fidelity
@@ -96,16 +100,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.clips:
             clip = cut(FACES / f"{name}.mp4", Path(tmp) / f"{name}.mkv", args.frames)
-            runs = [("re-encode only", EDITS[0], 0.0, True, None)]
-            runs += [(mode, edit, 1.0, confined, None) for edit in EDITS
-                     for mode, confined in (("whole face", False), ("region + gate", True))]
+            runs = [("re-encode only", EDITS[0], 0.0, True, False, None)]
+            runs += [(mode, edit, 1.0, confined, motion, None) for edit in EDITS
+                     for mode, confined, motion in (("whole face", False, False), ("region + gate", True, False),
+                                                    ("motion", True, True))]
             if args.tune_steps:
                 tuned, seconds, before, after = tune(clip, args)
                 tunings.append((name, seconds, before, after))
-                runs += [("region + gate + tune", edit, 1.0, True, tuned) for edit in EDITS]
-            for mode, edit, strength, confined, generator in runs:
-                out = Path(tmp) / f"{name}_{edit}_{mode}_{strength}.mp4".replace(" ", "")
-                seconds, fidelity = run(clip, out, edit, strength, confined, generator)
+                runs += [("motion + tune", edit, 1.0, True, True, tuned) for edit in EDITS]
+            for mode, edit, strength, confined, motion, generator in runs:
+                out = Path(tmp) / f"{name}_{edit}_{mode}_{strength}.mp4".replace(" ", "").replace("+", "")
+                seconds, fidelity = run(clip, out, edit, strength, confined, motion, generator)
                 report = evaluate_videos(clip, out, every=2, measurer=measurer)
                 attr = report.attributes
                 row = (name, edit if strength else "-", mode, fidelity, report.change_mouth, report.collateral,
