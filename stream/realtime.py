@@ -99,6 +99,10 @@ class LiveStats:
     stage_ms: dict[str, float] = field(default_factory=dict)
     edits: Edits = field(default_factory=list)
     bypass: bool = False
+    # the confidence gate on the last face (stream/session.py): how well the generator drew it (dB) and
+    # the share of the edit it got; None where nothing was measured (student path, no face yet)
+    fidelity_db: float | None = None
+    gate_weight: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -111,6 +115,8 @@ class LiveStats:
             "stage_ms": {k: round(v, 2) for k, v in self.stage_ms.items()},
             "edits": [[name, strength] for name, strength in self.edits],
             "bypass": self.bypass,
+            "fidelity_db": None if self.fidelity_db is None else round(self.fidelity_db, 1),
+            "gate_weight": None if self.gate_weight is None else round(self.gate_weight, 2),
         }
 
 
@@ -152,6 +158,7 @@ class LiveWorker(Generic[In, Out]):
         self._stage_ms: dict[str, float] = {}
         self._last_totals: dict[str, float] = {}
         self._last_counts: dict[str, int] = {}
+        self._gate: tuple[float | None, float | None] = (None, None)
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
@@ -191,6 +198,8 @@ class LiveWorker(Generic[In, Out]):
                 stage_ms=dict(self._stage_ms),
                 edits=list(self._pending_edits if self._pending_edits is not None else self._edits),
                 bypass=self._bypass,
+                fidelity_db=self._gate[0],
+                gate_weight=self._gate[1],
             )
 
     @property
@@ -245,6 +254,15 @@ class LiveWorker(Generic[In, Out]):
             self._delivered_at.append(done)
             if not bypass:
                 self._update_stage_ms()
+                self._update_gate()
+
+    def _update_gate(self) -> None:
+        """The edit session's confidence gate on its last face, for the readout (other processors have none)."""
+        from stream.session import GateStats
+
+        gate = getattr(self._processor, "gate", None)
+        if isinstance(gate, GateStats) and gate.fidelity is not None:
+            self._gate = (gate.fidelity, gate.weight)
 
     def _update_stage_ms(self) -> None:
         """Per-frame stage times from the processor's running totals, smoothed for display."""

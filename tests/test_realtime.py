@@ -16,6 +16,7 @@ import urllib.error
 import urllib.request
 import weakref
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -589,3 +590,23 @@ def test_a_server_fault_is_a_500_logged_once_with_its_traceback(caplog) -> None:
     faults = [r for r in caplog.records if r.exc_info]
     assert len(faults) == 1 and "out of model memory" in str(faults[0].exc_info[1])
     assert server.registry.pending == 0 and not server.registry.sessions
+
+
+def test_live_stats_show_the_confidence_gate(tmp_path: Path) -> None:
+    """The readout says how well the generator draws the face and how much of the edit it got."""
+    from stream.session import GATE_LOW_DB
+    from tests.random_pack import make_random_pack
+    from tests.test_session import ScriptedTracker, face, networks
+
+    pack = make_random_pack(tmp_path / "pack").root
+    session = networks(pack, "gan", gate=True).session(ScriptedTracker([face(120, 80, 40, track_id=0)]))
+    session.set_edits([("smile", 1.0)])
+    out: list[TimedFrame] = []
+    worker = LiveWorker(session, lambda frame, _latency: out.append(frame), keep_timed, result_only)
+    assert worker.stats().as_dict()["fidelity_db"] is None  # nothing measured before the first face
+    frame = np.random.default_rng(0).integers(0, 256, (160, 240, 3), dtype=np.uint8)
+    worker.submit(TimedFrame(frame, 0, TB))
+    wait_for(lambda: len(out) == 1)
+    worker.close()
+    stats = worker.stats().as_dict()
+    assert stats["fidelity_db"] < GATE_LOW_DB and stats["gate_weight"] == 0.0  # random weights draw no face

@@ -16,8 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="edit to apply (repeatable; default: the pack's default edit)")
     parser.add_argument("--seconds", type=float, default=3.0, help="length of the sample clip (default 3)")
     add_model_arguments(parser)
-    # the sample's suit and flag fool the HOG detector now and then; the astronaut is the largest face
-    parser.set_defaults(faces="largest")
+    # the sample's suit and flag fool the HOG detector now and then; the astronaut is the largest face.
+    # The generator path: its edit moves the face's own pixels (stream/motion.py), so an opened mouth reads
+    # as opened; the pack's student was distilled from the in-place change and darkens the mouth instead.
+    parser.set_defaults(faces="largest", model="gan")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -192,6 +192,9 @@
       `server       ${(s.latency_p50_ms || 0).toFixed(0)} ms p50, ${(s.latency_p95_ms || 0).toFixed(0)} ms p95, ` +
         `${s.dropped || 0} dropped`,
       `network rtt  ${(b.rtt_ms || 0).toFixed(0)} ms`,
+      s.fidelity_db == null ? "face drawn   not measured (student path, or no face yet)"
+        : `face drawn   ${s.fidelity_db.toFixed(1)} dB, edit weight ${s.gate_weight.toFixed(2)}` +
+          (s.gate_weight < 1 ? " (the model draws this face poorly: edit weakened)" : ""),
       "stages", ...stages,
     ].join("\n");
   }
