@@ -1,6 +1,7 @@
-"""Contact sheet of edits on people the demo pack never saw: input, then the edit pasted on the whole face,
-confined to its region (with the confidence gate), and the same with the generator tuned to the clip
-(shortened `file --tune`), at strengths 1 and 2.
+"""Contact sheet of edits on people the demo pack never saw: input, then G(w') - G(w) pasted on the whole
+face, the same confined to its region with the confidence gate (`--no-motion`), the default (the face's own
+pixels moved by the generator's motion, plus the rest of the change, in the region: stream/motion.py), and
+the default with the generator tuned to the clip (shortened `file --tune`), at strengths 1 and 2.
 
     python bench/local_sheet.py [--clips d19 lx01 sp04 rr01] [--edit mouth_open] [--tune-steps 60]
                                 [--out bench/local_edits_sheet.png]
@@ -55,15 +56,16 @@ def main() -> int:
     parser.add_argument("--tune-steps", type=int, default=60)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "local_edits_sheet.png")
     args = parser.parse_args()
-    confined = EditNetworks(ModelConfig(path="gan", smoothing="off"))
-    whole = EditNetworks(ModelConfig(path="gan", smoothing="off", gate=False))
+    motion = EditNetworks(ModelConfig(path="gan", smoothing="off"))
+    confined = EditNetworks(ModelConfig(path="gan", smoothing="off", motion=False))
+    whole = EditNetworks(ModelConfig(path="gan", smoothing="off", gate=False, motion=False))
     whole.region = lambda name: "face"  # type: ignore[method-assign]
     rows = []
     for name in args.clips:
         clip = FACES / f"{name}.mp4"
-        kinds = [("whole face", whole), ("region+gate", confined)]
+        kinds = [("whole face", whole), ("region+gate", confined), ("motion", motion)]
         if args.tune_steps:
-            kinds.append(("+tune", EditNetworks(ModelConfig(path="gan", smoothing="off",
+            kinds.append(("motion+tune", EditNetworks(ModelConfig(path="gan", smoothing="off",
                                                             tuned_generator=tuned(clip, args.tune_steps)))))
         columns = [("input", None, 0.0)] + [(f"{label} x{s:g}", nets, s) for s in (1.0, 2.0) for label, nets in kinds]
         frames = read_frames(clip, limit=args.frame + 1)

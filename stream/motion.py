@@ -49,3 +49,16 @@ def warp(image: npt.NDArray, flow: Flow) -> npt.NDArray[np.float32]:
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
     return cv2.remap(np.asarray(image, np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR,
                      borderMode=cv2.BORDER_REFLECT)
+
+
+def split_change(before: npt.NDArray[np.floating], after: npt.NDArray[np.floating]
+                 ) -> tuple[Flow, npt.NDArray[np.float32]]:
+    """(flow, paint) of a generator's edit, absolute pixels [S, S, 3]: after ~= warp(before, flow) + paint."""
+    flow = edit_flow(before, after)
+    return flow, np.asarray(after, np.float32) - warp(before, flow)
+
+
+def moved(crop: npt.NDArray, flow: Flow, mask: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """The change [S, S, 3] that moves the crop's own pixels along `flow` where `mask` [S, S] is (fading
+    with it to no motion at all where it is 0)."""
+    return warp(crop, flow * mask[..., None]) - np.asarray(crop, np.float32)

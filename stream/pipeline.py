@@ -33,7 +33,7 @@ from stream.composite import colour_transfer, face_mask
 from stream.config import EditSpec
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, apply_edits
-from stream.motion import Flow, edit_flow, warp
+from stream.motion import Flow, split_change
 from stream.pixels import SCALE, Images, Pixels, luma_only, to_images, to_pixels
 from stream.types import RESIDUAL_COLOURS, Crop, ResidualColour, StageTimes, WPlus
 
@@ -151,10 +151,9 @@ class GanRenderer:
         edited_pixels = to_pixels(both[:count], self.crop_size) + SCALE
         if self.residual:
             with timed(times, "motion"):
-                flows = [edit_flow(before, after) for before, after in zip(reconstruction, edited_pixels)]
-                paint = np.stack([after - warp(before, flow)
-                                  for before, after, flow in zip(reconstruction, edited_pixels, flows)])
-            return Rendered(coloured(paint, self.residual_colour), fidelity, flows)
+                flows, paints = zip(*(split_change(before, after)
+                                      for before, after in zip(reconstruction, edited_pixels)))
+            return Rendered(coloured(np.stack(paints), self.residual_colour), fidelity, list(flows))
         changes = []
         for crop, recon, image in zip(crops, reconstruction, edited_pixels):
             # the transfer that takes G(w) onto the crop, applied to G(w'): the generator's cast goes,

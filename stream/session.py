@@ -39,7 +39,7 @@ from stream.composite import face_mask, paste_change
 from stream.config import EditSpec, FacesMode, ModelConfig
 from stream.faces.align import FFHQ_TEMPLATE_5, ffhq_affine, transform_points, warp_to_crop
 from stream.modelpack import ModelPack, load_pack
-from stream.motion import warp
+from stream.motion import moved
 from stream.pipeline import (
     ENCODER_IO,
     GENERATOR_IO,
@@ -436,9 +436,8 @@ class EditSession:
             mask = union_mask(regions, located.landmarks[index], change.shape[0])
             confined = change * (mask * weight)[..., None]
             if rendered.flows is not None:
-                crop = located.crops[index]
                 with timed(self.times, "motion"):
-                    confined += warp(crop, rendered.flows[index] * mask[..., None]) - crop
+                    confined += moved(located.crops[index], rendered.flows[index], mask)
             out.append(confined)
         return out
 

@@ -31,7 +31,8 @@ def test_demo_writes_side_by_side_with_timings(tmp_path: Path, monkeypatch: pyte
     assert cli.main(["demo", "-o", str(out), "--pack", str(pack), "--backend", "torch", "--seconds", "1"]) == 0
     printed = capsys.readouterr().out
     sample = out.with_name("demo_input.mp4")
-    assert f"wrote {out}" in printed and "student" in printed and "ms/call" in printed
+    assert f"wrote {out}" in printed and "(gan path)" in printed and "ms/call" in printed
+    assert "\nmotion " in printed  # the edit moved the face's own pixels
     with FileSource(out) as edited:
         assert (edited.info.width, edited.info.height) == (1024, 512)
     assert video_timestamps(out) == video_timestamps(sample)

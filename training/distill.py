@@ -1,8 +1,9 @@
 """Distil one edit of a pack into a ResidualStudent: crop -> crop + predicted change, no generator.
 
-Pairs: every aligned crop at the pack's crop size, and its teacher edit `crop + up(G(w + s*d) - G(w))`
-(training/edit_metrics.teacher_edit, what the runtime pastes back, in the pack's residual colour mode),
-with w the pack encoder's code.
+Pairs: every aligned crop at the pack's crop size, and its teacher edit: what the runtime's generator path
+pastes back (training/edit_metrics.teacher_edit, in the pack's residual colour mode, with w the pack
+encoder's code): by default the crop's own pixels moved by the motion from G(w) to G(w + s*d), plus the
+rest of that change, in the edit's region (stream/motion.py); `motion=False`: `crop + up(G(w + s*d) - G(w))`.
 The student (engines/nets/student.py, zero-initialised, so it starts as the identity) learns that change
 at the crop's own resolution with an L1 loss. Same split as the pack: it never trains on held-out frames
 or the held-out clip, which measure it.
@@ -52,7 +53,7 @@ class DistillConfig:
 
 def make_pairs(generator: Generator, encoder: torch.nn.Module, crops: npt.NDArray[np.uint8], direction: Direction,
                strength: float, chunk: int = 128, colour: ResidualColour = "rgb",
-               landmarks: npt.NDArray[np.float32] | None = None) -> npt.NDArray[np.uint8]:
+               landmarks: npt.NDArray[np.float32] | None = None, motion: bool = True) -> npt.NDArray[np.uint8]:
     """Teacher-edited crops [N, S, S, 3] for crops [N, S, S, 3] (colour: the pack's residual_colour). With the
     crops' landmarks [N, 68, 2] (crop pixels) the change is confined to the direction's region, as the
     runtime confines it, so the student learns a local edit."""
@@ -65,7 +66,7 @@ def make_pairs(generator: Generator, encoder: torch.nn.Module, crops: npt.NDArra
         codes = encode_all(encoder, to_model_input(part, size))
         masks = None if landmarks is None else np.stack(
             [region_mask(region, lm, part.shape[1]) for lm in landmarks[i:i + chunk]])
-        out.append(teacher_edit(generator, part, codes, offset, colour=colour, masks=masks))
+        out.append(teacher_edit(generator, part, codes, offset, colour=colour, masks=masks, motion=motion))
     return np.concatenate(out)
 
 

@@ -22,8 +22,9 @@ from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.pipeline import residual_change
-from stream.pixels import images_to_uint8
+from stream.motion import moved, split_change
+from stream.pipeline import coloured, residual_change
+from stream.pixels import SCALE, images_to_uint8, to_pixels
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.losses import psnr_uint8
@@ -45,16 +46,26 @@ def to_uint8(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
 
 def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
                  offset: npt.NDArray[np.float32], base: npt.NDArray[np.float32] | None = None,
-                 colour: ResidualColour = "rgb", masks: npt.NDArray[np.float32] | None = None
-                 ) -> npt.NDArray[np.uint8]:
+                 colour: ResidualColour = "rgb", masks: npt.NDArray[np.float32] | None = None,
+                 motion: bool = False) -> npt.NDArray[np.uint8]:
     """Residual edit of crops [N, S, S, 3]: crop + up(G(w + offset) - G(w)), as the runtime pastes it
     (stream.pipeline.residual_change with `colour`). `base` = G(w) when already known. masks [N, S, S]:
-    the edit's region per crop (stream/regions.py), as the runtime confines the change."""
+    the edit's region per crop (stream/regions.py), as the runtime confines the change. motion: the
+    runtime's default instead: the crop's own pixels moved by the generator's motion, plus the paint that
+    motion does not explain (stream/motion.py), both in the region."""
     base = decode(generator, codes) if base is None else base
-    change = residual_change(decode(generator, codes + offset[None]) - base, crops.shape[1], colour)
-    if masks is not None:
-        change *= masks[..., None]
-    return to_uint8(crops.astype(np.float32) + change)
+    edited = decode(generator, codes + offset[None])
+    size = crops.shape[1]
+    regions = np.ones(crops.shape[:3], np.float32) if masks is None else masks
+    if not motion:
+        change = residual_change(edited - base, size, colour) * regions[..., None]
+        return to_uint8(crops.astype(np.float32) + change)
+    out = []
+    for crop, before, after, region in zip(crops, to_pixels(base, size) + SCALE, to_pixels(edited, size) + SCALE,
+                                           regions):
+        flow, paint = split_change(before, after)
+        out.append(crop + moved(crop, flow, region) + coloured(paint, colour) * region[..., None])
+    return to_uint8(np.stack(out))
 
 
 def upsampled(images: npt.NDArray[np.float32], size: int) -> npt.NDArray[np.uint8]:

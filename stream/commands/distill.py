@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     vector_strength = strength * directions[edit].default_strength
     teacher = f"{file_sha256(pack.generator)[:12]}_{file_sha256(pack.directions)[:12]}"
     region = directions[edit].metadata.get("region", "face")
-    pairs_path = args.run_dir / f"pairs_{edit}_{vector_strength:g}_{colour}_{region}_{teacher}.npy"
+    pairs_path = args.run_dir / f"pairs_{edit}_{vector_strength:g}_{colour}_{region}_motion_{teacher}.npy"
     if pairs_path.exists():
         targets = np.load(pairs_path)
     else:
