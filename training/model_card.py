@@ -161,8 +161,9 @@ def write_model_card(path: Path, metrics: dict[str, Any], student: dict[str, Any
         "## Metrics", "", *metrics_markdown(metrics, student), "",
         "## Limits",
         f"- {people} people: an unseen face inverts to a blurry, partly generic face (see the held-out clips' PSNR). "
-        "The runtime's residual paste-back `crop + up(G(w') - G(w))` keeps the input's detail, so only the edit's "
-        "change comes from this generator.",
+        "The runtime moves the input's own pixels by the motion the generator draws and adds only the rest of "
+        "`up(G(w') - G(w))` (stream/motion.py), so the input's detail stays and only the edit's change comes from "
+        "this generator.",
         f"- {cfg['size']} px: an open eye is {max(2, cfg['size'] // 32)}-{max(3, cfg['size'] // 20)} px tall; small "
         "changes there are hard to render and to measure.",
         *(["- The residual goes back as brightness only (pack.json residual_colour luma): an edit that should change "
