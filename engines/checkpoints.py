@@ -102,11 +102,11 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     if path.suffix == ".safetensors" or _looks_like_safetensors(head):
         return _load_safetensors(path, sha)
     if head.startswith(b"PK"):
-        return _from_torch_dict(path, sha, _torch_load(path))
+        return _from_torch_dict(path, sha, load_torch_file(path))
     if head[:1] == b"\x80":  # a raw pickle: NVlabs .pkl, or a legacy (pre-zip) torch.save file
         if path.suffix == ".pkl":
             return _from_nvlabs_pickle(path, sha)
-        return _from_torch_dict(path, sha, _torch_load(path))
+        return _from_torch_dict(path, sha, load_torch_file(path))
     raise CheckpointError(f"{path}: unknown checkpoint format (not a torch .pt, NVlabs .pkl or .safetensors file)")
 
 
@@ -115,7 +115,7 @@ def _looks_like_safetensors(head: bytes) -> bool:
 
 
 # ------------------------------------------------------------------------------------ torch.load files
-def _torch_load(path: Path) -> Any:
+def load_torch_file(path: Path) -> Any:
     """torch.load(weights_only=True); argparse.Namespace (rosinality's `args`) is the one extra class."""
     try:
         with torch.serialization.safe_globals([argparse.Namespace]):

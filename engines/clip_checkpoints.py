@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from engines.checkpoints import _first_line, _torch_load
+from engines.checkpoints import _first_line, load_torch_file
 from engines.errors import CheckpointError
 from engines.nets.clip import ACTIVATIONS, HEAD_WIDTH, OPENAI_MEAN, OPENAI_STD, Activation, ClipModel
 from engines.torchscript_archive import is_torchscript, read_torchscript_tensors
@@ -110,7 +110,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, Tensor], str]:
     if head.startswith(b"PK") and is_torchscript(path):
         return _float_tensors(path, read_torchscript_tensors(path)), "torchscript"
     if head.startswith(b"PK") or head[:1] == b"\x80":
-        data = _torch_load(path)
+        data = load_torch_file(path)
         if isinstance(data, Mapping) and isinstance(data.get("state_dict"), Mapping):
             data = data["state_dict"]  # an open_clip training checkpoint
         if not isinstance(data, Mapping):

@@ -171,6 +171,20 @@ class FileJobConfig:
 
 
 @dataclass(frozen=True)
+class PerceptualFiles:
+    """LPIPS-VGG for tuning (engines/nets/lpips.py): LPIPS' linear heads (vgg.pth) and torchvision's VGG16
+    state dict, files the user has; nothing is downloaded."""
+
+    linear: Path
+    backbone: Path
+
+    def __post_init__(self) -> None:
+        for option, value in (("--lpips", self.linear), ("--lpips-backbone", self.backbone)):
+            if not Path(value).is_file():
+                raise UserError(f"{option} {value}: file not found")
+
+
+@dataclass(frozen=True)
 class InversionSettings:
     """Code refinement: Adam on the change of the codes, `batch` frames per step.
     layer_weight / track_weight: pull of each layer's change towards the mean over the layers, and of
@@ -188,7 +202,8 @@ class TuningSettings:
     """Pivotal tuning of one clip: frames sampled every `every` frames (at most `max_frames`, spread over
     the clip), `steps` Adam steps of `batch` frames, and per step `locality_batch` codes interpolated a
     random fraction in [locality_reach, 1] of the way from a pivot to a random code, whose output must stay
-    the original generator's (L1, times `locality_weight`)."""
+    the original generator's (L1, times `locality_weight`). perceptual: LPIPS files; with them both the
+    code refinement and the tuning add `perceptual_weight` x LPIPS to their reconstruction loss (as PTI)."""
 
     every: int = 2
     max_frames: int = 48
@@ -200,6 +215,8 @@ class TuningSettings:
     locality_reach: float = 0.3
     seed: int = 0
     invert: InversionSettings = field(default_factory=InversionSettings)
+    perceptual: PerceptualFiles | None = None
+    perceptual_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.max_frames < 1:

@@ -2,7 +2,7 @@
 
 Iterative inversion (`invert`) refines the encoder's W+ codes of one face, or of every frame of a
 track, by gradient steps against the aligned crops: L1 + (1 - SSIM), weighted to the face by its
-landmarks (stream/losses.py). Two regularisers keep it a small, coherent adjustment of the encoder's
+landmarks (stream/losses.py), plus LPIPS when the user gives its weights (TuningSettings.perceptual). Two regularisers keep it a small, coherent adjustment of the encoder's
 code: each layer's change is pulled towards the mean change over the layers (the layers move together,
 as one w would), and for a track each frame's change towards the track's mean change (the frames of
 one face move together, so nothing flickers).
@@ -64,6 +64,23 @@ DEFAULT_CROP_SIZE = 256         # as the file job's, for loose --generator/--enc
 Phase = Literal["faces", "invert", "tune"]
 # on_step(phase, steps done, steps in the phase): progress bars; raising from it stops the work
 OnStep = Callable[[Phase, int, int], None]
+# (pred, target) -> the weighted perceptual term to add to a reconstruction loss (a scalar)
+Perceptual = Callable[[Tensor, Tensor], Tensor]
+
+
+def perceptual_term(settings: TuningSettings, device: torch.device) -> Perceptual | None:
+    """settings.perceptual_weight x LPIPS from the user's files, or None without them."""
+    if settings.perceptual is None:
+        return None
+    from engines.nets.lpips import load_lpips
+
+    lpips = load_lpips(settings.perceptual.linear, settings.perceptual.backbone).to(device)
+    return lambda pred, target: settings.perceptual_weight * lpips(pred, target).mean()
+
+
+def _loss(pred: Tensor, target: Tensor, weights: Tensor, perceptual: Perceptual | None) -> Tensor:
+    loss, _ = reconstruction_loss(pred, target, weights)
+    return loss if perceptual is None else loss + perceptual(pred, target)
 
 
 # ------------------------------------------------------------------------------------------- faces
@@ -132,7 +149,7 @@ def encode(encoder: LoadedEncoder, crops: npt.NDArray[np.uint8], chunk: int = 16
 
 # --------------------------------------------------------------------------------------- inversion
 def invert(generator: Generator, codes: Tensor, targets: Tensor, weights: Tensor, settings: InversionSettings,
-           *, track: bool = True, on_step: OnStep | None = None) -> Tensor:
+           *, track: bool = True, on_step: OnStep | None = None, perceptual: Perceptual | None = None) -> Tensor:
     """Refined codes [N, num_ws, D] from the encoder's `codes` for `targets` [N, 3, R, R] in [-1, 1]
     (R: the generator's resolution) with loss `weights` [N, 1, R, R]. track: the N faces are frames of
     one track (their changes are pulled together); False for independent faces or a single image."""
@@ -142,7 +159,7 @@ def invert(generator: Generator, codes: Tensor, targets: Tensor, weights: Tensor
     optimizer = torch.optim.Adam([delta], lr=settings.lr)
     for step in range(settings.steps):
         pick = torch.randperm(len(codes), generator=gen)[:settings.batch].to(codes.device)
-        loss, _ = reconstruction_loss(synthesize(generator, codes[pick] + delta[pick]), targets[pick], weights[pick])
+        loss = _loss(synthesize(generator, codes[pick] + delta[pick]), targets[pick], weights[pick], perceptual)
         loss = loss + settings.layer_weight * (delta - delta.mean(1, keepdim=True)).square().mean()
         if track:
             loss = loss + settings.track_weight * (delta - delta.mean(0, keepdim=True)).square().mean()
@@ -197,7 +214,8 @@ def far_code_sampler(pivots: Tensor, generator: Generator, mapping_trained: bool
 
 
 def tune_generator(generator: Generator, pivots: Tensor, targets: Tensor, weights: Tensor, settings: TuningSettings,
-                   far_codes: Callable[[int], Tensor], on_step: OnStep | None = None) -> Generator:
+                   far_codes: Callable[[int], Tensor], on_step: OnStep | None = None,
+                   perceptual: Perceptual | None = None) -> Generator:
     """A copy of `generator` tuned so that copy(pivots) draws `targets` [N, 3, R, R], its output at codes
     away from the pivots held to the original's (see TuningSettings). Only the synthesis is trained."""
     tuned = copy.deepcopy(generator).train()
@@ -208,7 +226,7 @@ def tune_generator(generator: Generator, pivots: Tensor, targets: Tensor, weight
     gen = torch.Generator().manual_seed(settings.seed)
     for step in range(settings.steps):
         pick = torch.randperm(len(pivots), generator=gen)[:settings.batch].to(pivots.device)
-        loss, _ = reconstruction_loss(synthesize(tuned, pivots[pick]), targets[pick], weights[pick])
+        loss = _loss(synthesize(tuned, pivots[pick]), targets[pick], weights[pick], perceptual)
         if settings.locality_weight > 0 and settings.locality_batch > 0:
             near = pivots[torch.randint(len(pivots), (settings.locality_batch,), generator=gen).to(pivots.device)]
             reach = settings.locality_reach + (1 - settings.locality_reach) * torch.rand(
@@ -255,13 +273,15 @@ def tune_clip(generator: LoadedGenerator, encoder: LoadedEncoder, faces: ClipFac
     codes = encode(encoder, faces.crops).to(device)
     targets, weights = to_images(faces.crops, size).to(device), face_weights(faces, size).to(device)
     base = copy.deepcopy(generator.module).to(device)
-    refined = invert(base, codes, targets, weights, settings.invert, track=True, on_step=on_step)
+    perceptual = perceptual_term(settings, device)
+    refined = invert(base, codes, targets, weights, settings.invert, track=True, on_step=on_step,
+                     perceptual=perceptual)
     psnr_encoded = reconstruction_psnr(base, codes, targets)
     fold_code_offset(base, (refined - codes).mean(0))
     psnr_refined = reconstruction_psnr(base, codes, targets)
     gen = torch.Generator().manual_seed(settings.seed)
     far = far_code_sampler(codes, base, generator.latent_avg is not None, gen)
-    tuned = tune_generator(base, codes, targets, weights, settings, far, on_step)
+    tuned = tune_generator(base, codes, targets, weights, settings, far, on_step, perceptual)
     psnr_tuned = reconstruction_psnr(tuned, codes, targets)
     seconds = time.perf_counter() - start
     log.info("tuned the generator on %d frames in %.0f s: G(w) %.2f dB -> %.2f dB (refined codes) -> %.2f dB",
@@ -313,8 +333,11 @@ class ClipNetworks:
 
 
 def tuning_key(video: Path, networks: ClipNetworks, detector: str, settings: TuningSettings) -> TuningKey:
+    described = asdict(settings)
+    if settings.perceptual is not None:  # the LPIPS files by content, not by where they lie
+        described["perceptual"] = [sha256_file(settings.perceptual.linear), sha256_file(settings.perceptual.backbone)]
     return TuningKey(sha256_file(video), sha256_file(networks.generator), sha256_file(networks.encoder), detector,
-                     networks.crop_size, asdict(settings))
+                     networks.crop_size, described)
 
 
 @dataclass(frozen=True)

@@ -89,14 +89,25 @@ def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"frames of the clip to tune on, spread over it (default {defaults.max_frames})")
     parser.add_argument("--invert-steps", type=int, default=defaults.invert.steps, metavar="N",
                         help=f"code refinement steps before tuning (default {defaults.invert.steps})")
+    parser.add_argument("--lpips", type=Path, metavar="VGG_PTH",
+                        help="add LPIPS to the tuning loss (as PTI): LPIPS' linear heads, lpips/weights/v0.1/vgg.pth; "
+                             "needs --lpips-backbone")
+    parser.add_argument("--lpips-backbone", type=Path, metavar="VGG16_PTH",
+                        help="torchvision's VGG16 ImageNet state dict (vgg16-397923af.pth), for --lpips")
 
 
 def tuning_settings(args: argparse.Namespace) -> TuningSettings:
     from dataclasses import replace
 
+    from engines.errors import UserError
+    from stream.config import PerceptualFiles
+
+    if (args.lpips is None) != (args.lpips_backbone is None):
+        raise UserError("--lpips and --lpips-backbone go together: LPIPS needs its heads and the VGG16 they sit on")
     defaults = TuningSettings()
+    perceptual = None if args.lpips is None else PerceptualFiles(args.lpips, args.lpips_backbone)
     return TuningSettings(steps=args.tune_steps, max_frames=args.tune_frames,
-                          invert=replace(defaults.invert, steps=args.invert_steps))
+                          invert=replace(defaults.invert, steps=args.invert_steps), perceptual=perceptual)
 
 
 def tune_with_progress(video: Path, model: ModelConfig, face: FaceConfig, settings: TuningSettings) -> TunedGenerator:
