@@ -20,6 +20,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from stream.pixels import to_uint8
+
 Flow = npt.NDArray[np.float32]  # [S, S, 2]: for each output pixel, the (dx, dy) it is fetched from
 
 # A generator's motion is smooth at the scale of a lip: the flow is blurred with a Gaussian of this
@@ -31,7 +33,7 @@ FLOW_WINDOW = 31
 
 
 def _grey(pixels: npt.NDArray[np.floating]) -> npt.NDArray[np.uint8]:
-    return cv2.cvtColor(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), cv2.COLOR_RGB2GRAY)
+    return cv2.cvtColor(to_uint8(pixels), cv2.COLOR_RGB2GRAY)
 
 
 def edit_flow(before: npt.NDArray[np.floating], after: npt.NDArray[np.floating],

@@ -21,6 +21,7 @@ from typing import Generic, Protocol, TypeVar
 import numpy as np
 
 from stream.media.frames import TimedFrame
+from stream.session import GateStats
 from stream.types import Frame, StageTimes
 
 log = logging.getLogger(__name__)
@@ -258,8 +259,6 @@ class LiveWorker(Generic[In, Out]):
 
     def _update_gate(self) -> None:
         """The edit session's confidence gate on its last face, for the readout (other processors have none)."""
-        from stream.session import GateStats
-
         gate = getattr(self._processor, "gate", None)
         if isinstance(gate, GateStats) and gate.fidelity is not None:
             self._gate = (gate.fidelity, gate.weight)
