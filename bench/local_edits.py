@@ -11,6 +11,7 @@ generator path (`file ... --model gan`), each edit at strength 1 runs
   motion does not explain, in the region, the latter gated (stream/motion.py);
 - "motion + tune": the same with the generator tuned to the cut clip first (`file --tune`, shortened
   by --tune-steps / --tune-frames / --invert-steps; --tune-steps 0 leaves it out);
+- "student": the pack's distilled student for the edits it has (`--model student`), in the region;
 and a strength-0 run gives the re-encoding-only figure. `evaluate` (stream/evaluate.py) measures each output
 against the cut input: change in the mouth, on the rest of the face ("collateral"), the attributes'
 change, identity, TL-ID / TG-ID and flicker; the file job reports G(w)'s mean fidelity (PSNR inside the face).
@@ -34,6 +35,7 @@ from stream.evaluate import FaceMeasurer, evaluate_videos
 from stream.filejob import run_file_job
 from stream.media import FileSink, FileSource
 from stream.media.sink import EncoderSettings
+from stream.modelpack import DEFAULT_PACK, load_pack
 from stream.report import write_section
 from stream.session import EditNetworks
 
@@ -70,14 +72,14 @@ def tune(clip: Path, args: argparse.Namespace) -> tuple[Path, float, float, floa
 
 
 def run(clip: Path, out: Path, edit: str, strength: float, confined: bool, motion: bool,
-        tuned: Path | None = None) -> tuple[float, float]:
+        tuned: Path | None = None, path: str = "gan") -> tuple[float, float]:
     """Edit `clip` into `out`; (seconds, mean fidelity of G(w) in dB)."""
     original = EditNetworks.region
     if not confined:
         EditNetworks.region = lambda self, name: "face"  # type: ignore[method-assign]
     try:
         config = FileJobConfig(input=clip, output=out, edits=((edit, strength),), overwrite=True,
-                               model=ModelConfig(path="gan", gate=confined, motion=motion,
+                               model=ModelConfig(path=path, gate=confined, motion=motion,
                                                  tuned_generator=tuned))
         start = time.perf_counter()
         result = run_file_job(config)
@@ -96,6 +98,7 @@ def main() -> int:
     parser.add_argument("--write-results", action="store_true")
     args = parser.parse_args()
     measurer = FaceMeasurer()
+    students = set(load_pack(DEFAULT_PACK).students)
     rows, tunings = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.clips:
@@ -108,9 +111,11 @@ def main() -> int:
                 tuned, seconds, before, after = tune(clip, args)
                 tunings.append((name, seconds, before, after))
                 runs += [("motion + tune", edit, 1.0, True, True, tuned) for edit in EDITS]
+            runs += [("student", edit, 1.0, True, True, None) for edit in EDITS if edit in students]
             for mode, edit, strength, confined, motion, generator in runs:
                 out = Path(tmp) / f"{name}_{edit}_{mode}_{strength}.mp4".replace(" ", "").replace("+", "")
-                seconds, fidelity = run(clip, out, edit, strength, confined, motion, generator)
+                seconds, fidelity = run(clip, out, edit, strength, confined, motion, generator,
+                                        "student" if mode == "student" else "gan")
                 report = evaluate_videos(clip, out, every=2, measurer=measurer)
                 attr = report.attributes
                 row = (name, edit if strength else "-", mode, fidelity, report.change_mouth, report.collateral,
