@@ -20,7 +20,7 @@ from tests.reference_weights import FACES, require
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                 reason="the cluster extra is not installed: pip install -e '.[cluster]'")
 
-# short real clips with faces and AAC audio; the first is the shortest, so it finishes first
+# short real clips with faces and AAC audio, one shorter than the others
 CLIPS = (("d18.mp4", 8), ("d20.mp4", 24), ("d19.mp4", 24))
 
 
@@ -70,12 +70,14 @@ def test_batch_on_a_local_cluster_every_frame_and_audio(cluster: None, clips: li
 def test_interrupted_cluster_batch_resumes(cluster: None, clips: list[Path], tmp_path: Path,
                                            monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     monkeypatch.setattr(cli, "COMMANDS", {"batch": "batch"})
-    first = marker_path(tmp_path / clips[0].name)
+    # whichever output completes first: which worker starts first, and so which clip ends first, is the
+    # cluster's choice (on a loaded machine the shortest clip can be the last one taken)
+    markers = [marker_path(tmp_path / clip.name) for clip in clips]
     interrupted = threading.Event()
 
     def press_ctrl_c_after_the_first_output() -> None:
         deadline = time.monotonic() + 300
-        while not first.exists() and time.monotonic() < deadline:
+        while not any(m.exists() for m in markers) and time.monotonic() < deadline:
             time.sleep(0.02)
         interrupted.set()
         os.kill(os.getpid(), signal.SIGINT)
@@ -85,7 +87,7 @@ def test_interrupted_cluster_batch_resumes(cluster: None, clips: list[Path], tmp
     assert interrupted.is_set()
     assert "interrupted" in capsys.readouterr().err
     finished = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
-    assert clips[0].name in finished and len(finished) < len(clips)
+    assert 0 < len(finished) < len(clips)
     leftovers = [p.name for p in tmp_path.iterdir() if ".part" in p.name]
     assert not leftovers, "a stopped job deletes its partial output"
 
