@@ -82,8 +82,13 @@ def test_interrupted_cluster_batch_resumes(cluster: None, clips: list[Path], tmp
         interrupted.set()
         os.kill(os.getpid(), signal.SIGINT)
 
-    threading.Thread(target=press_ctrl_c_after_the_first_output, daemon=True).start()
-    assert batch(clips, tmp_path) == 130
+    # Ctrl-C as a fresh `run_stream.py batch` process gets it, whatever handler an earlier test left behind
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=press_ctrl_c_after_the_first_output, daemon=True).start()
+        assert batch(clips, tmp_path) == 130, f"SIGINT handler before this test: {previous!r}"
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert interrupted.is_set()
     assert "interrupted" in capsys.readouterr().err
     finished = sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("."))
