@@ -119,9 +119,12 @@ def build_session(config: FileJobConfig, fps: float, generator: LoadedGenerator 
 def _warn_if_poorly_drawn(session: EditSession) -> None:
     gate = session.gate
     if gate.weakened:
-        log.warning("%d of %d faces are poorly represented by the generator (fidelity down to %.1f dB): their "
-                    "edit was weakened; --tune fits the generator to this video", gate.weakened, gate.faces,
-                    gate.lowest)
+        # only what the generator paints is weakened; the motion moves the person's own pixels (stream/session.py)
+        config = session.networks.config
+        painted = "what the generator paints on them" if config.motion and config.residual else "their edit"
+        log.warning("%d of %d faces are poorly represented by the generator (fidelity down to %.1f dB): %s "
+                    "was weakened; --tune fits the generator to this video", gate.weakened, gate.faces,
+                    gate.lowest, painted)
 
 
 def run_file_job(config: FileJobConfig, on_start: Callable[[VideoInfo], None] | None = None,
