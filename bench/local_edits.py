@@ -1,6 +1,6 @@
 """Local edits on people the demo pack never saw: where the change lands, with and without confinement.
 
-    python bench/local_edits.py [--clips d19 lx01 sp04 rr01] [--frames 48] [--tune-steps 60] [--write-results]
+    python bench/local_edits.py [--clips d19 lx01 sp04] [--frames 48] [--tune-steps 60] [--write-results]
 
 Each clip's first --frames frames are cut losslessly to a temporary file; then, with the demo pack on the
 generator path (`file ... --model gan`), each edit at strength 1 runs
@@ -90,7 +90,7 @@ def run(clip: Path, out: Path, edit: str, strength: float, confined: bool, motio
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", nargs="+", default=["d19", "lx01", "sp04", "rr01"])
+    parser.add_argument("--clips", nargs="+", default=["d19", "lx01", "sp04"])
     parser.add_argument("--frames", type=int, default=48)
     parser.add_argument("--tune-steps", type=int, default=60)
     parser.add_argument("--tune-frames", type=int, default=12)

@@ -3,7 +3,7 @@ face, the same confined to its region with the confidence gate (`--no-motion`), 
 pixels moved by the generator's motion, plus the rest of the change, in the region: stream/motion.py), and
 the default with the generator tuned to the clip (shortened `file --tune`), at strengths 1 and 2.
 
-    python bench/local_sheet.py [--clips d19 lx01 sp04 rr01] [--edit mouth_open] [--tune-steps 60]
+    python bench/local_sheet.py [--clips d19 lx01 sp04] [--edit mouth_open] [--tune-steps 60]
                                 [--out bench/local_edits_sheet.png]
 
 One frame per clip (--frame), the face cut out of the full-resolution output around the input's face box.
@@ -50,7 +50,7 @@ def tuned(clip: Path, steps: int) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--clips", nargs="+", default=["d19", "lx01", "sp04", "rr01"])
+    parser.add_argument("--clips", nargs="+", default=["d19", "lx01", "sp04"])
     parser.add_argument("--edit", default="mouth_open")
     parser.add_argument("--frame", type=int, default=20)
     parser.add_argument("--tune-steps", type=int, default=60)
