@@ -26,7 +26,7 @@ Flow = npt.NDArray[np.float32]  # [S, S, 2]: for each output pixel, the (dx, dy)
 
 # A generator's motion is smooth at the scale of a lip: the flow is blurred with a Gaussian of this
 # fraction of the crop side (~11 px on a 256 crop). Farneback with a wide window (31 px on the crop) was
-# chosen over DIS on the demo pack and four unseen people (d19, lx01, sp04, rr01): DIS's patch noise on
+# chosen over DIS on the demo pack and four people (d19, lx01, sp04, which it never saw, and rr01): DIS's patch noise on
 # blurred renders twisted turned heads' mouths, raised flicker to 1.11 and spread the change onto the chin.
 FLOW_SMOOTHING = 1 / 24
 FLOW_WINDOW = 31
