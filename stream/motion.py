@@ -60,7 +60,12 @@ def split_change(before: npt.NDArray[np.floating], after: npt.NDArray[np.floatin
     return flow, np.asarray(after, np.float32) - warp(before, flow)
 
 
-def moved(crop: npt.NDArray, flow: Flow, mask: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """The change [S, S, 3] that moves the crop's own pixels along `flow` where `mask` [S, S] is (fading
-    with it to no motion at all where it is 0)."""
-    return warp(crop, flow * mask[..., None]) - np.asarray(crop, np.float32)
+def confined_change(crop: npt.NDArray, paint: npt.NDArray[np.float32], flow: Flow | None,
+                    mask: npt.NDArray[np.float32], paint_weight: float = 1.0) -> npt.NDArray[np.float32]:
+    """One crop's change [S, S, 3] inside `mask` [S, S]: its own pixels moved along `flow` (fading with the
+    mask to no motion where it is 0; None: no motion) plus `paint`, which alone `paint_weight` (the
+    confidence gate) weighs. The runtime (stream/session.py) and the distillation teacher both use it."""
+    change = paint * (mask * paint_weight)[..., None]
+    if flow is not None:
+        change += warp(crop, flow * mask[..., None]) - np.asarray(crop, np.float32)
+    return change

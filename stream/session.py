@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Collection, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -39,7 +40,7 @@ from stream.composite import face_mask, paste_change
 from stream.config import EditSpec, FacesMode, ModelConfig
 from stream.faces.align import FFHQ_TEMPLATE_5, ffhq_affine, transform_points, warp_to_crop
 from stream.modelpack import ModelPack, load_pack
-from stream.motion import moved
+from stream.motion import confined_change
 from stream.pipeline import (
     ENCODER_IO,
     GENERATOR_IO,
@@ -434,11 +435,9 @@ class EditSession:
             if rendered.fidelity is not None:
                 weight = self._gate(rendered.fidelity[index])
             mask = union_mask(regions, located.landmarks[index], change.shape[0])
-            confined = change * (mask * weight)[..., None]
-            if rendered.flows is not None:
-                with timed(self.times, "motion"):
-                    confined += moved(located.crops[index], rendered.flows[index], mask)
-            out.append(confined)
+            flow = None if rendered.flows is None else rendered.flows[index]
+            with timed(self.times, "motion") if flow is not None else nullcontext():
+                out.append(confined_change(located.crops[index], change, flow, mask, weight))
         return out
 
     def _gate(self, fidelity: float) -> float:

@@ -2,8 +2,8 @@
 
 Iterative inversion (`invert`) refines the encoder's W+ codes of one face, or of every frame of a
 track, by gradient steps against the aligned crops: L1 + (1 - SSIM), weighted to the face by its
-landmarks (stream/losses.py), plus LPIPS when the user gives its weights (TuningSettings.perceptual). Two regularisers keep it a small, coherent adjustment of the encoder's
-code: each layer's change is pulled towards the mean change over the layers (the layers move together,
+landmarks (stream/losses.py), plus LPIPS when the user gives its weights (TuningSettings.perceptual).
+Two regularisers keep it a small, coherent adjustment of the encoder's code: each layer's change is pulled towards the mean change over the layers (the layers move together,
 as one w would), and for a track each frame's change towards the track's mean change (the frames of
 one face move together, so nothing flickers).
 

@@ -1,7 +1,9 @@
 """Does an edit do what it says? Teacher edits of aligned crops, measured with landmarks and identity.
 
-The teacher edit of a crop is what the runtime pastes back: `crop + up(G(w') - G(w))` at the crop's size
-(stream.pipeline.residual_change, same resize; only its brightness for a pack with residual_colour luma). Each edited crop is measured with dlib's 68-point predictor in
+The teacher edit of a crop is the direction's own change pasted in place: `crop + up(G(w') - G(w))` at the
+crop's size (stream.pipeline.residual_change, same resize; only its brightness for a pack with residual_colour
+luma), which is what the export measures; with `motion=True` it is what the runtime's generator path pastes
+back (stream/motion.py), which is what a student is distilled from. Each edited crop is measured with dlib's 68-point predictor in
 the box of the face's original landmarks, and so is the unedited crop, so the change in a landmark
 attribute is the edit's, not the measuring's. The decoded generator image alone (`G(w')` vs `G(w)`,
 up-sampled to the crop size) is measured the same way: the attribute has to be there before the residual.
@@ -22,9 +24,9 @@ from stream.edits.attributes import ATTRIBUTE_NAMES, IdentityEmbedder, attribute
 from stream.edits.directions import Direction
 from stream.edits.editor import LatentEdit, edit_offset
 from stream.faces.detect import DlibLandmarker
-from stream.motion import moved, split_change
+from stream.motion import confined_change, split_change
 from stream.pipeline import coloured, residual_change
-from stream.pixels import SCALE, images_to_uint8, to_pixels
+from stream.pixels import SCALE, images_to_uint8, to_pixels, to_uint8
 from stream.types import Crop, ResidualColour
 from training.directions import part_box
 from training.losses import psnr_uint8
@@ -38,10 +40,6 @@ def decode(generator: Generator, codes: npt.NDArray[np.float32], batch: int = 64
     generator.eval()
     w = torch.from_numpy(np.ascontiguousarray(codes, dtype=np.float32))
     return torch.cat([synthesize(generator, w[i:i + batch]) for i in range(0, len(w), batch)]).numpy()
-
-
-def to_uint8(pixels: npt.NDArray[np.float32]) -> npt.NDArray[np.uint8]:
-    return np.clip(np.round(pixels), 0, 255).astype(np.uint8)
 
 
 def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.NDArray[np.float32],
@@ -64,7 +62,7 @@ def teacher_edit(generator: Generator, crops: npt.NDArray[np.uint8], codes: npt.
     for crop, before, after, region in zip(crops, to_pixels(base, size) + SCALE, to_pixels(edited, size) + SCALE,
                                            regions):
         flow, paint = split_change(before, after)
-        out.append(crop + moved(crop, flow, region) + coloured(paint, colour) * region[..., None])
+        out.append(crop + confined_change(crop, coloured(paint, colour), flow, region))
     return to_uint8(np.stack(out))
 
 
@@ -140,7 +138,7 @@ def evaluate_edits(generator: Generator, crops: npt.NDArray[np.uint8], codes: np
         for strength in strengths:
             offset = edit_offset([LatentEdit(direction, strength)], direction.num_ws, direction.vector.shape[1])
             edited_images = decode(generator, codes + offset[None])
-            edited = to_uint8(crops.astype(np.float32) + residual_change(edited_images - base, size, colour))
+            edited = teacher_edit(generator, crops, codes, offset, base, colour)
             attrs, lms = measure(landmarker, edited, landmarks)
             attrs_dec, _ = measure(landmarker, upsampled(edited_images, size), landmarks)
             delta = (attrs - attrs0).mean(0)
